@@ -1,0 +1,11 @@
+//! kpc: a declarative training-graph compiler.
+//!
+//! The pipeline, one module per stage: [`syntax`] (pest grammar → AST with spans),
+//! [`data`] (sources read and validated at check time), [`check`] (names, types, shapes →
+//! a typed model), [`ir`] (the petgraph IR and its one op set), [`autodiff`] (reverse-mode
+//! differentiation), [`passes`] (specialisation and simplification), [`codegen`]
+//! (Cranelift), [`runtime`] (the training loop). [`interp`] is the test oracle.
+
+pub mod data;
+pub mod diag;
+pub mod syntax;
