@@ -6,6 +6,7 @@
 //! differentiation), [`passes`] (specialisation and simplification), [`codegen`]
 //! (Cranelift), [`runtime`] (the training loop). [`interp`] is the test oracle.
 
+pub mod check;
 pub mod data;
 pub mod diag;
 pub mod syntax;
