@@ -189,7 +189,7 @@ impl Diagnostic {
             labels.push(CsLabel::secondary(span.file, span.start..span.end).with_message(text));
         }
         cs = cs.with_labels(labels).with_notes(self.notes.clone());
-        let config = term::Config::default();
+        let config = term::Config { chars: term::Chars::ascii(), ..term::Config::default() };
         match term::emit_into_string(&config, sources, &cs) {
             Ok(text) => text,
             // A span outside its file is a bug of ours; still say what the user needs.

@@ -9,4 +9,5 @@
 pub mod check;
 pub mod data;
 pub mod diag;
+pub mod report;
 pub mod syntax;

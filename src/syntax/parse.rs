@@ -107,7 +107,7 @@ fn ident(file: FileId, p: Pair<Rule>) -> Ident {
 
 fn add_item(file: FileId, out: &mut File, item: Pair<Rule>) -> PResult<()> {
     let rule = item.as_rule();
-    let mut inner = item.into_inner();
+    let mut inner = item.into_inner().filter(|p| p.as_rule() != Rule::rbrace);
     let Some(kw) = inner.next() else { return Ok(()) };
     let keyword = span_of(file, &kw);
     let word = kw.as_str().to_string();
@@ -384,6 +384,7 @@ fn describe_rule(r: Rule) -> &'static str {
         Rule::call_args => "`(`",
         Rule::slice => "`[`",
         Rule::field => "`.`",
+        Rule::rbrace => "`}`",
         Rule::arg => "an argument",
         Rule::metric => "a metric",
         _ => "something else",
@@ -401,7 +402,17 @@ fn syntax_error(file: FileId, src: &str, e: pest::error::Error<Rule>) -> Diagnos
     let expected = match &e.variant {
         ErrorVariant::ParsingError { positives, .. } => {
             let mut names: Vec<&str> = Vec::new();
-            for r in positives {
+            // Ways the previous expression could have gone on are noise when something
+            // else was possible here too (rustc lists them last, as "or an operator").
+            let continuation = |r: &Rule| {
+                matches!(r, Rule::pipe | Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::matmul | Rule::call_args | Rule::slice | Rule::field | Rule::dims)
+            };
+            let positives: Vec<Rule> = if positives.iter().all(continuation) {
+                positives.clone()
+            } else {
+                positives.iter().copied().filter(|r| !continuation(r)).collect()
+            };
+            for r in &positives {
                 let d = describe_rule(*r);
                 if !names.contains(&d) {
                     names.push(d);
@@ -411,7 +422,15 @@ fn syntax_error(file: FileId, src: &str, e: pest::error::Error<Rule>) -> Diagnos
         }
         ErrorVariant::CustomError { message } => message.clone(),
     };
-    Diagnostic::at(span, format!("syntax error: expected {expected}, found {}", found.0), format!("expected {expected}"))
+    let mut d = Diagnostic::at(span, format!("syntax error: expected {expected}, found {}", found.0), format!("expected {expected}"));
+    let word = found.0.trim_matches('`');
+    if ["true", "false", "none", "rest"].contains(&word) && expected.contains("a name") {
+        d = d.with_note(format!("`{word}` is a reserved word and cannot be used as a name"));
+    }
+    if expected.contains("an item") {
+        d = d.with_note("items are: data, model, loss, metrics, optimizer, schedule, train");
+    }
+    d
 }
 
 /// What stands at `pos`, for "found …", and how many bytes the caret should cover.
