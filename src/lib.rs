@@ -7,6 +7,7 @@
 //! (Cranelift), [`runtime`] (the training loop). [`interp`] is the test oracle.
 
 pub mod check;
+pub mod codegen;
 pub mod data;
 pub mod diag;
 pub mod report;

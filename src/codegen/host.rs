@@ -1,0 +1,121 @@
+//! Host functions generated code calls: the f32 GEMM kernel and the scalar libm functions
+//! Cranelift has no instruction for. Every one is `extern "C"` with plain arguments.
+
+use super::jit::HostFn;
+use cranelift_codegen::ir::types::{F32, I32, I64};
+
+/// `C = alpha·C + beta·(A·B)` for row/column-strided f32 matrices (`gemm` crate, one thread
+/// unless `threads > 1` was requested at start-up). Strides are in elements. `read_c = 0`
+/// ignores C's old contents (alpha is then irrelevant).
+///
+/// # Safety
+/// The pointers and strides must describe valid, non-overlapping (C against A and B) f32
+/// matrices of the given sizes; generated code derives them from the planned arena.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kpc_sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    c_rs: isize,
+    c_cs: isize,
+    read_c: i32,
+    a: *const f32,
+    a_rs: isize,
+    a_cs: isize,
+    b: *const f32,
+    b_rs: isize,
+    b_cs: isize,
+    alpha: f32,
+    beta: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        // gemm requires k > 0 for the product; an empty sum is zero.
+        for i in 0..m {
+            for j in 0..n {
+                // SAFETY: (i, j) is inside the m×n matrix C described by the caller.
+                unsafe {
+                    let p = c.offset(i as isize * c_rs + j as isize * c_cs);
+                    *p = if read_c != 0 { alpha * *p } else { 0.0 };
+                }
+            }
+        }
+        return;
+    }
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            c_cs,
+            c_rs,
+            read_c != 0,
+            a,
+            a_cs,
+            a_rs,
+            b,
+            b_cs,
+            b_rs,
+            alpha,
+            beta,
+            false,
+            false,
+            false,
+            parallelism(),
+        )
+    }
+}
+
+/// Single-threaded: results must not depend on the thread count, and the headline figures
+/// are one core's. (`--threads` arrives with the performance work.)
+fn parallelism() -> gemm::Parallelism {
+    gemm::Parallelism::None
+}
+
+extern "C" fn kpc_expf(x: f32) -> f32 {
+    x.exp()
+}
+
+extern "C" fn kpc_logf(x: f32) -> f32 {
+    x.ln()
+}
+
+extern "C" fn kpc_tanhf(x: f32) -> f32 {
+    x.tanh()
+}
+
+extern "C" fn kpc_erff(x: f32) -> f32 {
+    libm::erff(x)
+}
+
+extern "C" fn kpc_log1pf(x: f32) -> f32 {
+    x.ln_1p()
+}
+
+extern "C" fn kpc_powf(x: f32, y: f32) -> f32 {
+    x.powf(y)
+}
+
+/// Every host function, with its Cranelift signature (`I64` stands for a pointer-sized
+/// integer).
+pub fn functions() -> Vec<HostFn> {
+    vec![
+        HostFn {
+            name: "kpc_sgemm",
+            ptr: kpc_sgemm as *const u8,
+            params: &[I64, I64, I64, I64, I64, I64, I32, I64, I64, I64, I64, I64, I64, F32, F32],
+            returns: &[],
+        },
+        HostFn { name: "kpc_expf", ptr: kpc_expf as *const u8, params: &[F32], returns: &[F32] },
+        HostFn { name: "kpc_logf", ptr: kpc_logf as *const u8, params: &[F32], returns: &[F32] },
+        HostFn { name: "kpc_tanhf", ptr: kpc_tanhf as *const u8, params: &[F32], returns: &[F32] },
+        HostFn { name: "kpc_erff", ptr: kpc_erff as *const u8, params: &[F32], returns: &[F32] },
+        HostFn { name: "kpc_log1pf", ptr: kpc_log1pf as *const u8, params: &[F32], returns: &[F32] },
+        HostFn { name: "kpc_powf", ptr: kpc_powf as *const u8, params: &[F32, F32], returns: &[F32] },
+    ]
+}

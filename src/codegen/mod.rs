@@ -1,0 +1,11 @@
+//! Code generation: the train and eval programs lowered to Cranelift functions.
+//!
+//! Matrix products call a tuned f32 GEMM kernel ([`host::kpc_sgemm`]) registered with the
+//! JIT; everything around them is generated here.
+
+pub mod emit;
+pub mod host;
+pub mod jit;
+
+#[cfg(test)]
+mod tests;
