@@ -4,6 +4,9 @@
 //! JIT; everything around them is generated here.
 
 pub mod emit;
+pub mod emit_kernels;
+pub mod kernel;
+pub mod step;
 pub mod host;
 pub mod jit;
 

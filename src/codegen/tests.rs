@@ -1,5 +1,8 @@
 use super::emit::{f32_loop, mem};
+use super::emit_kernels::Frame;
 use super::jit::Jit;
+use super::kernel::*;
+use super::step::{StepFn, define_step};
 use cranelift_codegen::ir::{InstBuilder, types};
 
 #[test]
@@ -52,5 +55,182 @@ fn gemm_kernel_handles_transposed_strides() {
             let dot: f32 = (0..4).map(|k| a[i * 4 + k] * bt[j * 4 + k]).sum();
             assert_eq!(c[i * 3 + j], 1.0 + dot);
         }
+    }
+}
+
+/// Runs `kernels` once with an arena of `arena` f32s and batch size `batch`.
+fn run(kernels: &[Kernel], arena: &mut [f32], ids: &[i64], batch: i64, scalars: &[f32]) {
+    let mut jit = Jit::new().expect("jit");
+    let id = define_step(&mut jit, "step", 1, kernels).expect("define");
+    let code = jit.finish().expect("finish");
+    let step = unsafe { StepFn::new(&code, id) };
+    let inputs = [ids.as_ptr() as *const u8];
+    let lens: [*const i32; 1] = [std::ptr::null()];
+    let seq = [0i64];
+    let frame = Frame {
+        state: std::ptr::null_mut(),
+        grad: std::ptr::null_mut(),
+        opt: std::ptr::null_mut(),
+        arena: arena.as_mut_ptr() as *mut u8,
+        out: std::ptr::null_mut(),
+        inputs: inputs.as_ptr(),
+        lengths: lens.as_ptr(),
+        scalars: scalars.as_ptr(),
+        batch,
+        seq: seq.as_ptr(),
+    };
+    unsafe { step.call(&frame) };
+}
+
+fn arena(offset_f32: usize) -> Buf {
+    Buf { region: Region::Arena, offset: offset_f32 * 4, elem: Elem::F32 }
+}
+
+#[test]
+fn map_broadcasts_a_bias_and_applies_relu() {
+    // y[b, c] = max(x[b, c] + bias[c], 0) for B = 3 rows of 7 (vector body and scalar tail).
+    let (b, c) = (3i64, 7usize);
+    let mut mem = vec![0.0f32; 64];
+    for i in 0..21 {
+        mem[i] = i as f32 - 10.0;
+    }
+    for j in 0..c {
+        mem[21 + j] = j as f32 * 0.5;
+    }
+    let shape = vec![Size::batch(1), Size::fixed(c as i64)];
+    let k = Kernel::Map {
+        shape,
+        inputs: vec![
+            Access { buf: arena(0), strides: vec![Size::fixed(c as i64), Size::fixed(1)] },
+            Access { buf: arena(21), strides: vec![Size::fixed(0), Size::fixed(1)] },
+        ],
+        outputs: vec![(
+            Access { buf: arena(32), strides: vec![Size::fixed(c as i64), Size::fixed(1)] },
+            Expr::Max(Box::new(Expr::Add(Box::new(Expr::In(0)), Box::new(Expr::In(1)))), Box::new(Expr::Const(0.0))),
+        )],
+    };
+    let snapshot = mem.clone();
+    run(&[k], &mut mem, &[], b, &[]);
+    for r in 0..3 {
+        for j in 0..c {
+            let want = (snapshot[r * c + j] + snapshot[21 + j]).max(0.0);
+            assert_eq!(mem[32 + r * c + j], want, "({r}, {j})");
+        }
+    }
+}
+
+#[test]
+fn reduce_sums_rows_and_columns_and_takes_row_max() {
+    let (rows, cols) = (5usize, 6usize);
+    let mut mem = vec![0.0f32; 64];
+    for i in 0..rows * cols {
+        mem[i] = ((i * 7) % 11) as f32 - 3.0;
+    }
+    let x = Access { buf: arena(0), strides: vec![Size::fixed(cols as i64), Size::fixed(1)] };
+    let shape = vec![Size::batch(1), Size::fixed(cols as i64)];
+    let col_sum = Kernel::Reduce {
+        shape: shape.clone(),
+        inputs: vec![x.clone()],
+        expr: Expr::In(0),
+        op: ReduceOp::Sum,
+        out: Access { buf: arena(40), strides: vec![Size::fixed(0), Size::fixed(1)] },
+        init: true,
+    };
+    let row_max = Kernel::Reduce {
+        shape,
+        inputs: vec![x],
+        expr: Expr::In(0),
+        op: ReduceOp::Max,
+        out: Access { buf: arena(50), strides: vec![Size::fixed(1), Size::fixed(0)] },
+        init: true,
+    };
+    let snapshot = mem.clone();
+    run(&[col_sum, row_max], &mut mem, &[], rows as i64, &[]);
+    for j in 0..cols {
+        let want: f32 = (0..rows).map(|r| snapshot[r * cols + j]).sum();
+        assert_eq!(mem[40 + j], want);
+    }
+    for r in 0..rows {
+        let want = (0..cols).map(|j| snapshot[r * cols + j]).fold(f32::NEG_INFINITY, f32::max);
+        assert_eq!(mem[50 + r], want);
+    }
+}
+
+#[test]
+fn gather_and_scatter_rows_by_id() {
+    let width = 5usize;
+    let mut mem = vec![0.0f32; 64];
+    for i in 0..15 {
+        mem[i] = i as f32; // a 3×5 table
+    }
+    let ids = [2i64, 0, 2, 1];
+    let idbuf = Buf { region: Region::Input(0), offset: 0, elem: Elem::I64 };
+    let gather = Kernel::Gather { rows: Size::batch(1), width, ids: idbuf, table: arena(0), dst: arena(20) };
+    let scatter = Kernel::ScatterAdd { rows: Size::batch(1), width, ids: idbuf, src: arena(20), table: arena(0), skip: Some(1) };
+    let snapshot = mem.clone();
+    run(&[gather, scatter], &mut mem, &ids, 4, &[]);
+    for (r, id) in ids.iter().enumerate() {
+        for j in 0..width {
+            assert_eq!(mem[20 + r * width + j], snapshot[*id as usize * width + j]);
+        }
+    }
+    // Row 2 was gathered twice and added back twice; row 1 is skipped; row 0 once.
+    for j in 0..width {
+        assert_eq!(mem[2 * width + j], snapshot[2 * width + j] * 3.0);
+        assert_eq!(mem[width + j], snapshot[width + j]);
+        assert_eq!(mem[j], snapshot[j] * 2.0);
+    }
+}
+
+#[test]
+fn gemm_kernel_with_batch_sized_rows_and_transposed_weight() {
+    // y[B×3] = x[B×4] · Wᵀ with W stored [3, 4] (nn.Linear's layout).
+    let mut mem = vec![0.0f32; 64];
+    for i in 0..8 {
+        mem[i] = i as f32 * 0.25; // x: 2×4
+    }
+    for i in 0..12 {
+        mem[10 + i] = (i as f32) - 6.0; // W: 3×4
+    }
+    let k = Kernel::Gemm {
+        m: Size::batch(1),
+        n: Size::fixed(3),
+        k: Size::fixed(4),
+        batch: Size::fixed(1),
+        a: MatView { buf: arena(0), rs: Size::fixed(4), cs: Size::fixed(1), batch_stride: Size::fixed(0) },
+        b: MatView { buf: arena(10), rs: Size::fixed(1), cs: Size::fixed(4), batch_stride: Size::fixed(0) },
+        c: MatView { buf: arena(30), rs: Size::fixed(3), cs: Size::fixed(1), batch_stride: Size::fixed(0) },
+        accumulate: false,
+    };
+    let snapshot = mem.clone();
+    run(&[k], &mut mem, &[], 2, &[]);
+    for r in 0..2 {
+        for o in 0..3 {
+            let want: f32 = (0..4).map(|i| snapshot[r * 4 + i] * snapshot[10 + o * 4 + i]).sum();
+            assert!((mem[30 + r * 3 + o] - want).abs() < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn transcendental_maps_run_scalar_with_host_calls() {
+    let mut mem = vec![0.0f32; 32];
+    for i in 0..9 {
+        mem[i] = i as f32 * 0.3 - 1.2;
+    }
+    let acc = |o| Access { buf: arena(o), strides: vec![Size::fixed(1)] };
+    let k = Kernel::Map {
+        shape: vec![Size::fixed(9)],
+        inputs: vec![acc(0)],
+        outputs: vec![
+            (acc(10), Expr::Tanh(Box::new(Expr::In(0)))),
+            (acc(20), Expr::Mul(Box::new(Expr::Exp(Box::new(Expr::In(0)))), Box::new(Expr::Scalar(0)))),
+        ],
+    };
+    let snapshot = mem.clone();
+    run(&[k], &mut mem, &[], 1, &[2.0]);
+    for i in 0..9 {
+        assert_eq!(mem[10 + i], snapshot[i].tanh());
+        assert_eq!(mem[20 + i], snapshot[i].exp() * 2.0);
     }
 }

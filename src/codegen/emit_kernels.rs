@@ -1,0 +1,450 @@
+//! Kernels → Cranelift instructions inside one step function.
+//!
+//! A compiled step is `extern "C" fn(&Frame)`. The entry block loads the frame's fields once;
+//! each kernel becomes a loop nest (or a GEMM call) reading and writing buffers at
+//! `region base + offset`. The innermost loop is vectorised (f32x4 plus a scalar tail) when
+//! every access is contiguous or broadcast along it and the expression has a vector form.
+
+use super::emit::{counted_loop, mem};
+use super::jit::Imports;
+use super::kernel::*;
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, condcodes::FloatCC, condcodes::IntCC, types};
+use cranelift_frontend::FunctionBuilder;
+
+/// What a compiled step reads. The layout is shared with the runtime (`#[repr(C)]`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct Frame {
+    pub state: *mut u8,
+    pub grad: *mut u8,
+    pub opt: *mut u8,
+    pub arena: *mut u8,
+    pub out: *mut u8,
+    /// One pointer per batch input.
+    pub inputs: *const *const u8,
+    /// One pointer per sequence dimension: per-row valid lengths (i32).
+    pub lengths: *const *const i32,
+    pub scalars: *const f32,
+    /// Rows in this batch.
+    pub batch: i64,
+    /// Padded length per sequence dimension for this batch.
+    pub seq: *const i64,
+}
+
+const FRAME_STATE: i32 = 0;
+const FRAME_GRAD: i32 = 8;
+const FRAME_OPT: i32 = 16;
+const FRAME_ARENA: i32 = 24;
+const FRAME_OUT: i32 = 32;
+const FRAME_INPUTS: i32 = 40;
+const FRAME_LENGTHS: i32 = 48;
+const FRAME_SCALARS: i32 = 56;
+const FRAME_BATCH: i32 = 64;
+const FRAME_SEQ: i32 = 72;
+
+/// Values loaded from the frame at function entry.
+pub struct Env {
+    pub ptr: Type,
+    state: Value,
+    grad: Value,
+    opt: Value,
+    arena: Value,
+    out: Value,
+    inputs: Value,
+    lengths: Value,
+    scalars: Value,
+    pub batch: Value,
+    seq_ptr: Value,
+    seq: Vec<Value>,
+}
+
+fn trusted() -> MemFlagsData {
+    MemFlagsData::trusted()
+}
+
+impl Env {
+    /// Loads the frame (`frame` is the function's pointer argument).
+    pub fn load(b: &mut FunctionBuilder, ptr: Type, frame: Value, seq_dims: usize) -> Env {
+        let ld = |b: &mut FunctionBuilder, off: i32| b.ins().load(ptr, trusted(), frame, off);
+        let state = ld(b, FRAME_STATE);
+        let grad = ld(b, FRAME_GRAD);
+        let opt = ld(b, FRAME_OPT);
+        let arena = ld(b, FRAME_ARENA);
+        let out = ld(b, FRAME_OUT);
+        let inputs = ld(b, FRAME_INPUTS);
+        let lengths = ld(b, FRAME_LENGTHS);
+        let scalars = ld(b, FRAME_SCALARS);
+        let batch = b.ins().load(types::I64, trusted(), frame, FRAME_BATCH);
+        let seq_ptr = ld(b, FRAME_SEQ);
+        let seq = (0..seq_dims).map(|k| b.ins().load(types::I64, trusted(), seq_ptr, (k * 8) as i32)).collect();
+        Env { ptr, state, grad, opt, arena, out, inputs, lengths, scalars, batch, seq_ptr, seq }
+    }
+
+    /// A runtime size as an `i64` value.
+    pub fn size(&self, b: &mut FunctionBuilder, s: Size) -> Value {
+        let mut v = b.ins().iconst(types::I64, s.factor);
+        if s.batch {
+            v = b.ins().imul(v, self.batch);
+        }
+        if let Some((k, off)) = s.seq {
+            let t = b.ins().iadd_imm_s(self.seq[k], off);
+            let zero = b.ins().iconst(types::I64, 0);
+            let t = b.ins().smax(t, zero);
+            v = b.ins().imul(v, t);
+        }
+        v
+    }
+
+    /// The base address of a buffer.
+    pub fn base(&self, b: &mut FunctionBuilder, buf: Buf) -> Value {
+        let region = match buf.region {
+            Region::State => self.state,
+            Region::Grad => self.grad,
+            Region::OptState => self.opt,
+            Region::Arena => self.arena,
+            Region::Out => self.out,
+            Region::Input(k) => b.ins().load(self.ptr, trusted(), self.inputs, (k * 8) as i32),
+            Region::Lengths(k) => b.ins().load(self.ptr, trusted(), self.lengths, (k * 8) as i32),
+        };
+        if buf.offset == 0 { region } else { b.ins().iadd_imm_s(region, buf.offset as i64) }
+    }
+
+    pub fn scalar(&self, b: &mut FunctionBuilder, slot: ScalarSlot) -> Value {
+        b.ins().load(types::F32, trusted(), self.scalars, (slot * 4) as i32)
+    }
+
+    pub fn seq_ptr(&self) -> Value {
+        self.seq_ptr
+    }
+}
+
+fn elem_bytes(e: Elem) -> i64 {
+    match e {
+        Elem::F32 => 4,
+        Elem::I64 => 8,
+    }
+}
+
+/// Emits one kernel.
+pub fn emit(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, k: &Kernel) {
+    match k {
+        Kernel::Gemm { m, n, k, batch, a, b: bm, c, accumulate } => emit_gemm(b, env, imports, *m, *n, *k, *batch, a, bm, c, *accumulate),
+        Kernel::Map { shape, inputs, outputs } => emit_map(b, env, imports, shape, inputs, outputs),
+        Kernel::Reduce { shape, inputs, expr, op, out, init } => emit_reduce(b, env, imports, shape, inputs, expr, *op, out, *init),
+        Kernel::Gather { rows, width, ids, table, dst } => emit_gather(b, env, *rows, *width, *ids, *table, *dst, None, false),
+        Kernel::ScatterAdd { rows, width, ids, src, table, skip } => emit_gather(b, env, *rows, *width, *ids, *table, *src, *skip, true),
+        Kernel::Zero { buf, len } => {
+            let zero_access = Access { buf: *buf, strides: vec![Size::fixed(1)] };
+            emit_map(b, env, imports, &[*len], &[], &[(zero_access, Expr::Const(0.0))]);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn emit_gemm(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, m: Size, n: Size, k: Size, batch: Size, a: &MatView, bm: &MatView, c: &MatView, accumulate: bool) {
+    let f = imports.func(b, "kpc_sgemm");
+    let (mv, nv, kv) = (env.size(b, m), env.size(b, n), env.size(b, k));
+    let count = env.size(b, batch);
+    let bases = [env.base(b, c.buf), env.base(b, a.buf), env.base(b, bm.buf)];
+    let views = [c, a, bm];
+    let strides: Vec<[Value; 3]> = views.iter().map(|v| [env.size(b, v.rs), env.size(b, v.cs), env.size(b, v.batch_stride)]).collect();
+    let read_c = b.ins().iconst(types::I32, i64::from(accumulate));
+    let one = b.ins().f32const(1.0);
+    let zero = b.ins().iconst(types::I64, 0);
+    counted_loop(b, types::I64, zero, count, 1, |b, i| {
+        let mut ptrs = [bases[0], bases[1], bases[2]];
+        for (p, s) in ptrs.iter_mut().zip(&strides) {
+            let off = b.ins().imul(i, s[2]);
+            let off = b.ins().ishl_imm_s(off, 2);
+            *p = b.ins().iadd(*p, off);
+        }
+        b.ins().call(f, &[mv, nv, kv, ptrs[0], strides[0][0], strides[0][1], read_c, ptrs[1], strides[1][0], strides[1][1], ptrs[2], strides[2][0], strides[2][1], one, one]);
+    });
+}
+
+/// Per-access pointer of the current element, maintained across the loop nest.
+struct Cursor {
+    elem: Elem,
+    /// Byte strides per axis.
+    strides: Vec<Value>,
+    base: Value,
+}
+
+fn cursors(b: &mut FunctionBuilder, env: &Env, accesses: &[&Access]) -> Vec<Cursor> {
+    accesses
+        .iter()
+        .map(|a| {
+            let base = env.base(b, a.buf);
+            let strides = a
+                .strides
+                .iter()
+                .map(|s| {
+                    let v = env.size(b, *s);
+                    b.ins().imul_imm_s(v, elem_bytes(a.buf.elem))
+                })
+                .collect();
+            Cursor { elem: a.buf.elem, strides, base }
+        })
+        .collect()
+}
+
+/// Can the innermost axis run four lanes at a time?
+fn vectorizable(accesses: &[&Access], exprs: &[&Expr]) -> bool {
+    let unit = |s: &Size| s.is_fixed() && (s.factor == 1 || s.factor == 0);
+    accesses.iter().all(|a| a.buf.elem == Elem::F32 && a.strides.last().is_none_or(unit)) && exprs.iter().all(|e| !e.needs_scalar())
+}
+
+/// Walks the loop nest over `shape`, calling `inner(b, pointers, lane_type)` at each innermost
+/// position with the current pointer of every cursor.
+fn loop_nest(
+    b: &mut FunctionBuilder,
+    env: &Env,
+    shape: &[Size],
+    cursors: &[Cursor],
+    vector: bool,
+    inner: &mut dyn FnMut(&mut FunctionBuilder, &[Value], Type),
+) {
+    let extents: Vec<Value> = shape.iter().map(|s| env.size(b, *s)).collect();
+    let starts: Vec<Value> = cursors.iter().map(|c| c.base).collect();
+    nest(b, &extents, cursors, 0, &starts, vector, inner);
+}
+
+fn nest(
+    b: &mut FunctionBuilder,
+    extents: &[Value],
+    cursors: &[Cursor],
+    axis: usize,
+    ptrs: &[Value],
+    vector: bool,
+    inner: &mut dyn FnMut(&mut FunctionBuilder, &[Value], Type),
+) {
+    if extents.is_empty() {
+        inner(b, ptrs, types::F32);
+        return;
+    }
+    let zero = b.ins().iconst(types::I64, 0);
+    let last = axis + 1 == extents.len();
+    let at = |b: &mut FunctionBuilder, i: Value| -> Vec<Value> {
+        cursors
+            .iter()
+            .zip(ptrs)
+            .map(|(c, p)| {
+                let off = b.ins().imul(i, c.strides[axis]);
+                b.ins().iadd(*p, off)
+            })
+            .collect()
+    };
+    if !last {
+        counted_loop(b, types::I64, zero, extents[axis], 1, |b, i| {
+            let p = at(b, i);
+            nest(b, extents, cursors, axis + 1, &p, vector, inner);
+        });
+        return;
+    }
+    let n = extents[axis];
+    let scalar_from = if vector {
+        let vec_end = b.ins().band_imm_s(n, !3i64);
+        counted_loop(b, types::I64, zero, vec_end, 4, |b, i| {
+            let p = at(b, i);
+            inner(b, &p, types::F32X4);
+        });
+        vec_end
+    } else {
+        zero
+    };
+    counted_loop(b, types::I64, scalar_from, n, 1, |b, i| {
+        let p = at(b, i);
+        inner(b, &p, types::F32);
+    });
+}
+
+/// Loads an access at `ptr` as lanes of `lane` (a broadcast access is loaded once and splat).
+fn load(b: &mut FunctionBuilder, c: &Cursor, ptr: Value, lane: Type, broadcast_inner: bool) -> Value {
+    match c.elem {
+        Elem::F32 if lane == types::F32X4 && broadcast_inner => {
+            let s = b.ins().load(types::F32, mem(), ptr, 0);
+            b.ins().splat(types::F32X4, s)
+        }
+        Elem::F32 => b.ins().load(lane, mem(), ptr, 0),
+        Elem::I64 => {
+            let i = b.ins().load(types::I64, mem(), ptr, 0);
+            b.ins().fcvt_from_sint(types::F32, i)
+        }
+    }
+}
+
+fn is_zero_stride(s: Option<&Size>) -> bool {
+    matches!(s, Some(s) if s.is_fixed() && s.factor == 0)
+}
+
+fn splat_const(b: &mut FunctionBuilder, lane: Type, v: f32) -> Value {
+    let c = b.ins().f32const(v);
+    if lane == types::F32 { c } else { b.ins().splat(lane, c) }
+}
+
+fn host1(b: &mut FunctionBuilder, imports: &mut Imports, name: &'static str, x: Value) -> Value {
+    let f = imports.func(b, name);
+    let call = b.ins().call(f, &[x]);
+    b.inst_results(call)[0]
+}
+
+fn eval_expr(b: &mut FunctionBuilder, e: &Expr, lane: Type, inputs: &[Value], env: &Env, imports: &mut Imports) -> Value {
+    let rec = |b: &mut FunctionBuilder, x: &Expr, imports: &mut Imports| eval_expr(b, x, lane, inputs, env, imports);
+    match e {
+        Expr::In(k) => inputs[*k],
+        Expr::Const(c) => splat_const(b, lane, *c),
+        Expr::Scalar(s) => {
+            let v = env.scalar(b, *s);
+            if lane == types::F32 { v } else { b.ins().splat(lane, v) }
+        }
+        Expr::Neg(a) => {
+            let a = rec(b, a, imports);
+            b.ins().fneg(a)
+        }
+        Expr::Add(x, y) | Expr::Sub(x, y) | Expr::Mul(x, y) | Expr::Div(x, y) | Expr::Max(x, y) | Expr::Min(x, y) => {
+            let (x1, y1) = (rec(b, x, imports), rec(b, y, imports));
+            match e {
+                Expr::Add(..) => b.ins().fadd(x1, y1),
+                Expr::Sub(..) => b.ins().fsub(x1, y1),
+                Expr::Mul(..) => b.ins().fmul(x1, y1),
+                Expr::Div(..) => b.ins().fdiv(x1, y1),
+                Expr::Max(..) => select_cmp(b, lane, FloatCC::GreaterThan, x1, y1, x1, y1),
+                _ => select_cmp(b, lane, FloatCC::LessThan, x1, y1, x1, y1),
+            }
+        }
+        Expr::Sqrt(a) => {
+            let a = rec(b, a, imports);
+            b.ins().sqrt(a)
+        }
+        Expr::Abs(a) => {
+            let a = rec(b, a, imports);
+            b.ins().fabs(a)
+        }
+        Expr::Exp(a) | Expr::Log(a) | Expr::Tanh(a) | Expr::Erf(a) => {
+            let x = rec(b, a, imports);
+            let name = match e {
+                Expr::Exp(_) => "kpc_expf",
+                Expr::Log(_) => "kpc_logf",
+                Expr::Tanh(_) => "kpc_tanhf",
+                _ => "kpc_erff",
+            };
+            host1(b, imports, name, x)
+        }
+        Expr::SelectGt(p, q, t, f) => {
+            let (p1, q1, t1, f1) = (rec(b, p, imports), rec(b, q, imports), rec(b, t, imports), rec(b, f, imports));
+            select_cmp(b, lane, FloatCC::GreaterThan, p1, q1, t1, f1)
+        }
+    }
+}
+
+/// `if p (cc) q { t } else { f }` for scalars or f32x4 lanes. `max`/`min` are built on this
+/// rather than `fmax`/`fmin`, whose NaN and ±0 handling costs ten instructions: a NaN
+/// propagates here only when it is `p` (as in PyTorch's relu, which returns NaN for NaN).
+fn select_cmp(b: &mut FunctionBuilder, lane: Type, cc: FloatCC, p: Value, q: Value, t: Value, f: Value) -> Value {
+    let c = b.ins().fcmp(cc, p, q);
+    if lane == types::F32 {
+        b.ins().select(c, t, f)
+    } else {
+        let mask = b.ins().bitcast(types::F32X4, MemFlagsData::new(), c);
+        b.ins().bitselect(mask, t, f)
+    }
+}
+
+fn emit_map(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, shape: &[Size], inputs: &[Access], outputs: &[(Access, Expr)]) {
+    let mut all: Vec<&Access> = inputs.iter().collect();
+    all.extend(outputs.iter().map(|(a, _)| a));
+    let exprs: Vec<&Expr> = outputs.iter().map(|(_, e)| e).collect();
+    let vector = vectorizable(&all, &exprs);
+    let curs = cursors(b, env, &all);
+    let broadcast: Vec<bool> = all.iter().map(|a| is_zero_stride(a.strides.last())).collect();
+    let n_in = inputs.len();
+    loop_nest(b, env, shape, &curs, vector, &mut |b, ptrs, lane| {
+        let vals: Vec<Value> = (0..n_in).map(|k| load(b, &curs[k], ptrs[k], lane, broadcast[k])).collect();
+        for (j, (_, e)) in outputs.iter().enumerate() {
+            let v = eval_expr(b, e, lane, &vals, env, imports);
+            b.ins().store(mem(), v, ptrs[n_in + j], 0);
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn emit_reduce(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, shape: &[Size], inputs: &[Access], expr: &Expr, op: ReduceOp, out: &Access, init: bool) {
+    let identity = match op {
+        ReduceOp::Sum => 0.0,
+        ReduceOp::Max => f32::NEG_INFINITY,
+    };
+    if init {
+        // The output's own index space: the reduced axes (zero stride) collapse to extent 1.
+        let out_shape: Vec<Size> = shape.iter().zip(&out.strides).map(|(s, st)| if st.is_fixed() && st.factor == 0 { Size::fixed(1) } else { *s }).collect();
+        emit_map(b, env, imports, &out_shape, &[], &[(out.clone(), Expr::Const(identity))]);
+    }
+    let mut all: Vec<&Access> = inputs.iter().collect();
+    all.push(out);
+    let inner_reduced = is_zero_stride(out.strides.last());
+    // A reduction along the innermost axis keeps the output in a register per row; vectorised
+    // lanes are combined at the end of the row.
+    let vector = vectorizable(&all, &[expr]) && !inner_reduced;
+    let curs = cursors(b, env, &all);
+    let broadcast: Vec<bool> = all.iter().map(|a| is_zero_stride(a.strides.last())).collect();
+    let n_in = inputs.len();
+    loop_nest(b, env, shape, &curs, vector, &mut |b, ptrs, lane| {
+        let vals: Vec<Value> = (0..n_in).map(|k| load(b, &curs[k], ptrs[k], lane, broadcast[k])).collect();
+        let v = eval_expr(b, expr, lane, &vals, env, imports);
+        let old = b.ins().load(lane, mem(), ptrs[n_in], 0);
+        let new = match op {
+            ReduceOp::Sum => b.ins().fadd(old, v),
+            ReduceOp::Max => select_cmp(b, lane, FloatCC::GreaterThan, v, old, v, old),
+        };
+        b.ins().store(mem(), new, ptrs[n_in], 0);
+    });
+}
+
+/// Gather (`dst[r] = table[ids[r]]`) or scatter-add (`table[ids[r]] += src[r]`) of rows.
+#[allow(clippy::too_many_arguments)]
+fn emit_gather(b: &mut FunctionBuilder, env: &Env, rows: Size, width: usize, ids: Buf, table: Buf, rowbuf: Buf, skip: Option<i64>, scatter: bool) {
+    let n = env.size(b, rows);
+    let ids_base = env.base(b, ids);
+    let table_base = env.base(b, table);
+    let row_base = env.base(b, rowbuf);
+    let zero = b.ins().iconst(types::I64, 0);
+    let w = width as i64;
+    counted_loop(b, types::I64, zero, n, 1, |b, r| {
+        let id_ptr = b.ins().imul_imm_s(r, 8);
+        let id_ptr = b.ins().iadd(ids_base, id_ptr);
+        let id = b.ins().load(types::I64, mem(), id_ptr, 0);
+        let body = |b: &mut FunctionBuilder| {
+            let t_off = b.ins().imul_imm_s(id, w * 4);
+            let t_row = b.ins().iadd(table_base, t_off);
+            let r_off = b.ins().imul_imm_s(r, w * 4);
+            let r_row = b.ins().iadd(row_base, r_off);
+            let wv = b.ins().iconst(types::I64, w);
+            super::emit::f32_loop(b, types::I64, wv, |b, byte, lane| {
+                let tp = b.ins().iadd(t_row, byte);
+                let rp = b.ins().iadd(r_row, byte);
+                if scatter {
+                    let old = b.ins().load(lane, mem(), tp, 0);
+                    let add = b.ins().load(lane, mem(), rp, 0);
+                    let new = b.ins().fadd(old, add);
+                    b.ins().store(mem(), new, tp, 0);
+                } else {
+                    let v = b.ins().load(lane, mem(), tp, 0);
+                    b.ins().store(mem(), v, rp, 0);
+                }
+            });
+        };
+        match skip {
+            Some(s) => {
+                let is_skip = b.ins().icmp_imm_s(IntCC::Equal, id, s);
+                let then_b = b.create_block();
+                let done = b.create_block();
+                b.ins().brif(is_skip, done, &[], then_b, &[]);
+                b.switch_to_block(then_b);
+                body(b);
+                b.ins().jump(done, &[]);
+                b.switch_to_block(done);
+            }
+            None => body(b),
+        }
+    });
+}
+

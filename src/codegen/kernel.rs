@@ -1,0 +1,168 @@
+//! The loop-level program codegen consumes: buffers with symbolic sizes and a list of
+//! kernels (GEMM calls, fused elementwise maps, reductions, gathers and scatters).
+//!
+//! The scheduling pass (`passes::schedule`) turns a graph program into this form: it fuses
+//! elementwise chains into one [`Kernel::Map`], maps matrix products to [`Kernel::Gemm`]
+//! with transposes as strides, and plans memory. Keeping this level separate lets every
+//! kernel be tested against plain Rust, independent of the graph.
+
+/// A runtime size: `factor · B^batch · (T[seq] + offset)` where `B` is the batch size and
+/// `T[k]` the padded length of sequence dimension `k` of the current batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Size {
+    pub factor: i64,
+    pub batch: bool,
+    pub seq: Option<(usize, i64)>,
+}
+
+impl Size {
+    pub const fn fixed(n: i64) -> Size {
+        Size { factor: n, batch: false, seq: None }
+    }
+
+    pub const fn batch(factor: i64) -> Size {
+        Size { factor, batch: true, seq: None }
+    }
+
+    /// The product of two sizes (at most one batch factor and one sequence factor).
+    pub fn mul(self, o: Size) -> Size {
+        debug_assert!(!(self.batch && o.batch) && (self.seq.is_none() || o.seq.is_none()), "{self:?} * {o:?}");
+        Size { factor: self.factor * o.factor, batch: self.batch || o.batch, seq: self.seq.or(o.seq) }
+    }
+
+    /// Evaluated for concrete `b` and padded lengths `t`.
+    pub fn eval(self, b: i64, t: &[i64]) -> i64 {
+        let mut v = self.factor;
+        if self.batch {
+            v *= b;
+        }
+        if let Some((k, off)) = self.seq {
+            v *= (t[k] + off).max(0);
+        }
+        v
+    }
+
+    pub fn is_fixed(self) -> bool {
+        !self.batch && self.seq.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Elem {
+    F32,
+    /// Class ids and token ids.
+    I64,
+}
+
+/// Where a buffer lives. Offsets are in bytes from the region's base pointer; arena offsets
+/// are planned for the largest batch and sequence lengths the data can produce, so a
+/// smaller batch uses a prefix of its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Region {
+    /// Parameters and batchnorm running statistics (state_dict order).
+    State,
+    /// Gradients of the trainable parameters.
+    Grad,
+    /// Optimizer state (momentum buffers, Adam moments).
+    OptState,
+    /// Intermediates.
+    Arena,
+    /// Batch input `k` (its own pointer).
+    Input(usize),
+    /// Per-row valid lengths of sequence dimension `k` (i32).
+    Lengths(usize),
+    /// Program outputs (f64 accumulators: loss sums, counts, metric sums).
+    Out,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Buf {
+    pub region: Region,
+    pub offset: usize,
+    pub elem: Elem,
+}
+
+/// Runtime scalars a program reads (learning rate, bias corrections, …), by index into the
+/// scalar array the caller passes.
+pub type ScalarSlot = usize;
+
+/// A scalar expression evaluated per element of a map.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    /// Input `k` of the map at the current index.
+    In(usize),
+    Const(f32),
+    /// A runtime scalar.
+    Scalar(ScalarSlot),
+    Neg(Box<Expr>),
+    Add(Box<Expr>, Box<Expr>),
+    Sub(Box<Expr>, Box<Expr>),
+    Mul(Box<Expr>, Box<Expr>),
+    Div(Box<Expr>, Box<Expr>),
+    Max(Box<Expr>, Box<Expr>),
+    Min(Box<Expr>, Box<Expr>),
+    Sqrt(Box<Expr>),
+    Abs(Box<Expr>),
+    Exp(Box<Expr>),
+    Log(Box<Expr>),
+    Tanh(Box<Expr>),
+    Erf(Box<Expr>),
+    /// `if a > b { t } else { f }`.
+    SelectGt(Box<Expr>, Box<Expr>, Box<Expr>, Box<Expr>),
+}
+
+impl Expr {
+    /// Does evaluating this need a scalar host call (no vector form)?
+    pub fn needs_scalar(&self) -> bool {
+        match self {
+            Expr::Exp(_) | Expr::Log(_) | Expr::Tanh(_) | Expr::Erf(_) => true,
+            Expr::In(_) | Expr::Const(_) | Expr::Scalar(_) => false,
+            Expr::Neg(a) | Expr::Sqrt(a) | Expr::Abs(a) => a.needs_scalar(),
+            Expr::Add(a, b) | Expr::Sub(a, b) | Expr::Mul(a, b) | Expr::Div(a, b) | Expr::Max(a, b) | Expr::Min(a, b) => {
+                a.needs_scalar() || b.needs_scalar()
+            }
+            Expr::SelectGt(a, b, c, d) => a.needs_scalar() || b.needs_scalar() || c.needs_scalar() || d.needs_scalar(),
+        }
+    }
+}
+
+/// How a map or reduction reads a buffer: element (i0, i1, …) of the iteration space is at
+/// `buf + Σ i_k · strides[k]` (in elements). A zero stride broadcasts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Access {
+    pub buf: Buf,
+    pub strides: Vec<Size>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    Max,
+}
+
+/// A strided matrix view: element (r, c) at `buf + r·rs + c·cs` (elements), and for batched
+/// products matrix `i` starts `i · batch_stride` further.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MatView {
+    pub buf: Buf,
+    pub rs: Size,
+    pub cs: Size,
+    pub batch_stride: Size,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kernel {
+    /// `C = C·accumulate + A·B` (`m×k` times `k×n`), repeated `batch` times.
+    Gemm { m: Size, n: Size, k: Size, batch: Size, a: MatView, b: MatView, c: MatView, accumulate: bool },
+    /// `outputs[j][idx] = exprs[j](inputs at idx)` over the iteration space `shape`.
+    Map { shape: Vec<Size>, inputs: Vec<Access>, outputs: Vec<(Access, Expr)> },
+    /// `out[idx with reduced axes dropped] (op)= expr(inputs at idx)`; `out` strides are zero
+    /// along the reduced axes. With `init`, the output is first set to the op's identity.
+    Reduce { shape: Vec<Size>, inputs: Vec<Access>, expr: Expr, op: ReduceOp, out: Access, init: bool },
+    /// `dst[r, :] = table[ids[r], :]` for `rows` rows of `width` (an embedding lookup).
+    Gather { rows: Size, width: usize, ids: Buf, table: Buf, dst: Buf },
+    /// `table[ids[r], :] += src[r, :]`, skipping `skip` ids (the padding row).
+    ScatterAdd { rows: Size, width: usize, ids: Buf, src: Buf, table: Buf, skip: Option<i64> },
+    /// Zero `len` elements.
+    Zero { buf: Buf, len: Size },
+}
