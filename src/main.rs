@@ -2,8 +2,8 @@
 //! diagnostic, 2 bad command-line usage (clap's own exit code for usage errors).
 
 use clap::{Parser, Subcommand};
-use kpc::diag::{SourceMap, render_all};
-use std::io::{IsTerminal, Write};
+use kpc::diag::{Diagnostic, SourceMap, render_all};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -23,28 +23,42 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Check { file } => check(&file),
-    }
+/// A failed command: diagnostics to render against the sources.
+struct Failure {
+    diags: Vec<Diagnostic>,
+    sources: SourceMap,
 }
 
-fn check(file: &std::path::Path) -> ExitCode {
-    let mut sources = SourceMap::new();
-    match kpc::check::check_file(file, &mut sources) {
-        Ok(job) => {
-            let mut out = std::io::stdout().lock();
-            // A closed pipe (`kpc check f | head`) is not an error worth a panic.
-            let _ = out.write_all(kpc::report::check_summary(&job).as_bytes());
-            ExitCode::SUCCESS
-        }
-        Err(diags) => {
-            let text = render_all(&diags, &sources);
-            let mut err = std::io::stderr().lock();
-            let _ = err.write_all(text.as_bytes());
-            let _ = std::io::stderr().is_terminal();
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { file } => check(&file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            let text = render_all(&f.diags, &f.sources);
+            let _ = std::io::stderr().lock().write_all(text.as_bytes());
             ExitCode::from(1)
         }
     }
+}
+
+/// Writes to stdout; a closed pipe (`kpc check f | head`) is not worth a panic.
+fn print(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+fn load(file: &std::path::Path) -> Result<(kpc::check::Job, SourceMap), Failure> {
+    let mut sources = SourceMap::new();
+    match kpc::check::check_file(file, &mut sources) {
+        Ok(job) => Ok((job, sources)),
+        Err(diags) => Err(Failure { diags, sources }),
+    }
+}
+
+fn check(file: &std::path::Path) -> Result<(), Failure> {
+    let (job, _) = load(file)?;
+    print(&kpc::report::check_summary(&job));
+    Ok(())
 }
