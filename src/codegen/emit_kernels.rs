@@ -43,6 +43,7 @@ const FRAME_BATCH: i32 = 64;
 const FRAME_SEQ: i32 = 72;
 
 /// Values loaded from the frame at function entry.
+#[derive(Clone)]
 pub struct Env {
     pub ptr: Type,
     state: Value,
@@ -56,6 +57,8 @@ pub struct Env {
     pub batch: Value,
     seq_ptr: Value,
     seq: Vec<Value>,
+    /// The index of the enclosing time loop, if any.
+    loop_var: Option<Value>,
 }
 
 fn trusted() -> MemFlagsData {
@@ -77,7 +80,7 @@ impl Env {
         let batch = b.ins().load(types::I64, trusted(), frame, FRAME_BATCH);
         let seq_ptr = ld(b, FRAME_SEQ);
         let seq = (0..seq_dims).map(|k| b.ins().load(types::I64, trusted(), seq_ptr, (k * 8) as i32)).collect();
-        Env { ptr, state, grad, opt, arena, out, inputs, lengths, scalars, batch, seq_ptr, seq }
+        Env { ptr, state, grad, opt, arena, out, inputs, lengths, scalars, batch, seq_ptr, seq, loop_var: None }
     }
 
     /// A runtime size as an `i64` value.
@@ -109,6 +112,28 @@ impl Env {
         if buf.offset == 0 { region } else { b.ins().iadd_imm_s(region, buf.offset as i64) }
     }
 
+    /// The address of a buffer for the current time step: `base + t · step`.
+    pub fn stepped(&self, b: &mut FunctionBuilder, buf: Buf, step: Size) -> Value {
+        let base = self.base(b, buf);
+        match self.loop_var {
+            Some(t) if !(step.is_fixed() && step.factor == 0) => {
+                let s = self.size(b, step);
+                let off = b.ins().imul(t, s);
+                let off = b.ins().imul_imm_s(off, elem_bytes(buf.elem));
+                b.ins().iadd(base, off)
+            }
+            _ => base,
+        }
+    }
+
+    /// The time loop's index as f32 (0 outside loops).
+    pub fn loop_index_f32(&self, b: &mut FunctionBuilder) -> Value {
+        match self.loop_var {
+            Some(t) => b.ins().fcvt_from_sint(types::F32, t),
+            None => b.ins().f32const(0.0),
+        }
+    }
+
     pub fn scalar(&self, b: &mut FunctionBuilder, slot: ScalarSlot) -> Value {
         b.ins().load(types::F32, trusted(), self.scalars, (slot * 4) as i32)
     }
@@ -120,7 +145,7 @@ impl Env {
 
 fn elem_bytes(e: Elem) -> i64 {
     match e {
-        Elem::F32 => 4,
+        Elem::F32 | Elem::I32 => 4,
         Elem::I64 => 8,
     }
 }
@@ -134,8 +159,24 @@ pub fn emit(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, k: &Kerne
         Kernel::Gather { rows, width, ids, table, dst } => emit_gather(b, env, *rows, *width, *ids, *table, *dst, None, false),
         Kernel::ScatterAdd { rows, width, ids, src, table, skip } => emit_gather(b, env, *rows, *width, *ids, *table, *src, *skip, true),
         Kernel::Zero { buf, len } => {
-            let zero_access = Access { buf: *buf, strides: vec![Size::fixed(1)] };
+            let zero_access = Access::new(*buf, vec![Size::fixed(1)]);
             emit_map(b, env, imports, &[*len], &[], &[(zero_access, Expr::Const(0.0))]);
+        }
+        Kernel::Loop { count, reverse, body } => {
+            let n = env.size(b, *count);
+            let zero = b.ins().iconst(types::I64, 0);
+            counted_loop(b, types::I64, zero, n, 1, |b, i| {
+                let t = if *reverse {
+                    let last = b.ins().iadd_imm_s(n, -1);
+                    b.ins().isub(last, i)
+                } else {
+                    i
+                };
+                let inner = Env { loop_var: Some(t), ..env.clone() };
+                for k in body {
+                    emit(b, &inner, imports, k);
+                }
+            });
         }
     }
 }
@@ -145,7 +186,7 @@ fn emit_gemm(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, m: Size,
     let f = imports.func(b, "kpc_sgemm");
     let (mv, nv, kv) = (env.size(b, m), env.size(b, n), env.size(b, k));
     let count = env.size(b, batch);
-    let bases = [env.base(b, c.buf), env.base(b, a.buf), env.base(b, bm.buf)];
+    let bases = [env.stepped(b, c.buf, c.step), env.stepped(b, a.buf, a.step), env.stepped(b, bm.buf, bm.step)];
     let views = [c, a, bm];
     let strides: Vec<[Value; 3]> = views.iter().map(|v| [env.size(b, v.rs), env.size(b, v.cs), env.size(b, v.batch_stride)]).collect();
     let read_c = b.ins().iconst(types::I32, i64::from(accumulate));
@@ -174,7 +215,7 @@ fn cursors(b: &mut FunctionBuilder, env: &Env, accesses: &[&Access]) -> Vec<Curs
     accesses
         .iter()
         .map(|a| {
-            let base = env.base(b, a.buf);
+            let base = env.stepped(b, a.buf, a.step);
             let strides = a
                 .strides
                 .iter()
@@ -191,7 +232,12 @@ fn cursors(b: &mut FunctionBuilder, env: &Env, accesses: &[&Access]) -> Vec<Curs
 /// Can the innermost axis run four lanes at a time?
 fn vectorizable(accesses: &[&Access], exprs: &[&Expr]) -> bool {
     let unit = |s: &Size| s.is_fixed() && (s.factor == 1 || s.factor == 0);
-    accesses.iter().all(|a| a.buf.elem == Elem::F32 && a.strides.last().is_none_or(unit)) && exprs.iter().all(|e| !e.needs_scalar())
+    // Integer buffers (ids, lengths) vectorise only when broadcast along the inner axis.
+    let ok = |a: &&Access| match a.buf.elem {
+        Elem::F32 => a.strides.last().is_none_or(unit),
+        Elem::I64 | Elem::I32 => is_zero_stride(a.strides.last()),
+    };
+    accesses.iter().all(ok) && exprs.iter().all(|e| !e.needs_scalar())
 }
 
 /// Walks the loop nest over `shape`, calling `inner(b, pointers, lane_type)` at each innermost
@@ -266,9 +312,11 @@ fn load(b: &mut FunctionBuilder, c: &Cursor, ptr: Value, lane: Type, broadcast_i
             b.ins().splat(types::F32X4, s)
         }
         Elem::F32 => b.ins().load(lane, mem(), ptr, 0),
-        Elem::I64 => {
-            let i = b.ins().load(types::I64, mem(), ptr, 0);
-            b.ins().fcvt_from_sint(types::F32, i)
+        Elem::I64 | Elem::I32 => {
+            let ty = if c.elem == Elem::I64 { types::I64 } else { types::I32 };
+            let i = b.ins().load(ty, mem(), ptr, 0);
+            let f = b.ins().fcvt_from_sint(types::F32, i);
+            if lane == types::F32 { f } else { b.ins().splat(lane, f) }
         }
     }
 }
@@ -295,6 +343,10 @@ fn eval_expr(b: &mut FunctionBuilder, e: &Expr, lane: Type, inputs: &[Value], en
         Expr::Const(c) => splat_const(b, lane, *c),
         Expr::Scalar(s) => {
             let v = env.scalar(b, *s);
+            if lane == types::F32 { v } else { b.ins().splat(lane, v) }
+        }
+        Expr::LoopVar => {
+            let v = env.loop_index_f32(b);
             if lane == types::F32 { v } else { b.ins().splat(lane, v) }
         }
         Expr::Neg(a) => {

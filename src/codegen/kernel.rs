@@ -52,6 +52,8 @@ pub enum Elem {
     F32,
     /// Class ids and token ids.
     I64,
+    /// Sequence lengths.
+    I32,
 }
 
 /// Where a buffer lives. Offsets are in bytes from the region's base pointer; arena offsets
@@ -94,6 +96,8 @@ pub enum Expr {
     Const(f32),
     /// A runtime scalar.
     Scalar(ScalarSlot),
+    /// The enclosing [`Kernel::Loop`]'s step index `t`, as f32.
+    LoopVar,
     Neg(Box<Expr>),
     Add(Box<Expr>, Box<Expr>),
     Sub(Box<Expr>, Box<Expr>),
@@ -116,7 +120,7 @@ impl Expr {
     pub fn needs_scalar(&self) -> bool {
         match self {
             Expr::Exp(_) | Expr::Log(_) | Expr::Tanh(_) | Expr::Erf(_) => true,
-            Expr::In(_) | Expr::Const(_) | Expr::Scalar(_) => false,
+            Expr::In(_) | Expr::Const(_) | Expr::Scalar(_) | Expr::LoopVar => false,
             Expr::Neg(a) | Expr::Sqrt(a) | Expr::Abs(a) => a.needs_scalar(),
             Expr::Add(a, b) | Expr::Sub(a, b) | Expr::Mul(a, b) | Expr::Div(a, b) | Expr::Max(a, b) | Expr::Min(a, b) => {
                 a.needs_scalar() || b.needs_scalar()
@@ -127,11 +131,28 @@ impl Expr {
 }
 
 /// How a map or reduction reads a buffer: element (i0, i1, …) of the iteration space is at
-/// `buf + Σ i_k · strides[k]` (in elements). A zero stride broadcasts.
+/// `buf + t · step + Σ i_k · strides[k]` (in elements), `t` being the enclosing
+/// [`Kernel::Loop`]'s index (0 outside loops). A zero stride broadcasts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Access {
     pub buf: Buf,
     pub strides: Vec<Size>,
+    pub step: Size,
+}
+
+impl Access {
+    pub fn new(buf: Buf, strides: Vec<Size>) -> Access {
+        Access { buf, strides, step: Size::fixed(0) }
+    }
+
+    /// Contiguous row-major access over `shape` (the last axis has stride 1).
+    pub fn contiguous(buf: Buf, shape: &[Size]) -> Access {
+        let mut strides = vec![Size::fixed(1); shape.len()];
+        for k in (0..shape.len().saturating_sub(1)).rev() {
+            strides[k] = strides[k + 1].mul(shape[k + 1]);
+        }
+        Access::new(buf, strides)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +169,8 @@ pub struct MatView {
     pub rs: Size,
     pub cs: Size,
     pub batch_stride: Size,
+    /// Offset per step of the enclosing [`Kernel::Loop`] (elements).
+    pub step: Size,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -165,4 +188,7 @@ pub enum Kernel {
     ScatterAdd { rows: Size, width: usize, ids: Buf, src: Buf, table: Buf, skip: Option<i64> },
     /// Zero `len` elements.
     Zero { buf: Buf, len: Size },
+    /// Runs `body` for t = 0, 1, …, count − 1 (or backwards), the time loop of recurrent
+    /// layers; accesses inside offset by `t · step`.
+    Loop { count: Size, reverse: bool, body: Vec<Kernel> },
 }

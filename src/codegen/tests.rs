@@ -101,11 +101,11 @@ fn map_broadcasts_a_bias_and_applies_relu() {
     let k = Kernel::Map {
         shape,
         inputs: vec![
-            Access { buf: arena(0), strides: vec![Size::fixed(c as i64), Size::fixed(1)] },
-            Access { buf: arena(21), strides: vec![Size::fixed(0), Size::fixed(1)] },
+            Access::new(arena(0), vec![Size::fixed(c as i64), Size::fixed(1)]),
+            Access::new(arena(21), vec![Size::fixed(0), Size::fixed(1)]),
         ],
         outputs: vec![(
-            Access { buf: arena(32), strides: vec![Size::fixed(c as i64), Size::fixed(1)] },
+            Access::new(arena(32), vec![Size::fixed(c as i64), Size::fixed(1)]),
             Expr::Max(Box::new(Expr::Add(Box::new(Expr::In(0)), Box::new(Expr::In(1)))), Box::new(Expr::Const(0.0))),
         )],
     };
@@ -126,14 +126,14 @@ fn reduce_sums_rows_and_columns_and_takes_row_max() {
     for i in 0..rows * cols {
         mem[i] = ((i * 7) % 11) as f32 - 3.0;
     }
-    let x = Access { buf: arena(0), strides: vec![Size::fixed(cols as i64), Size::fixed(1)] };
+    let x = Access::new(arena(0), vec![Size::fixed(cols as i64), Size::fixed(1)]);
     let shape = vec![Size::batch(1), Size::fixed(cols as i64)];
     let col_sum = Kernel::Reduce {
         shape: shape.clone(),
         inputs: vec![x.clone()],
         expr: Expr::In(0),
         op: ReduceOp::Sum,
-        out: Access { buf: arena(40), strides: vec![Size::fixed(0), Size::fixed(1)] },
+        out: Access::new(arena(40), vec![Size::fixed(0), Size::fixed(1)]),
         init: true,
     };
     let row_max = Kernel::Reduce {
@@ -141,7 +141,7 @@ fn reduce_sums_rows_and_columns_and_takes_row_max() {
         inputs: vec![x],
         expr: Expr::In(0),
         op: ReduceOp::Max,
-        out: Access { buf: arena(50), strides: vec![Size::fixed(1), Size::fixed(0)] },
+        out: Access::new(arena(50), vec![Size::fixed(1), Size::fixed(0)]),
         init: true,
     };
     let snapshot = mem.clone();
@@ -197,9 +197,9 @@ fn gemm_kernel_with_batch_sized_rows_and_transposed_weight() {
         n: Size::fixed(3),
         k: Size::fixed(4),
         batch: Size::fixed(1),
-        a: MatView { buf: arena(0), rs: Size::fixed(4), cs: Size::fixed(1), batch_stride: Size::fixed(0) },
-        b: MatView { buf: arena(10), rs: Size::fixed(1), cs: Size::fixed(4), batch_stride: Size::fixed(0) },
-        c: MatView { buf: arena(30), rs: Size::fixed(3), cs: Size::fixed(1), batch_stride: Size::fixed(0) },
+        a: MatView { buf: arena(0), rs: Size::fixed(4), cs: Size::fixed(1), batch_stride: Size::fixed(0), step: Size::fixed(0) },
+        b: MatView { buf: arena(10), rs: Size::fixed(1), cs: Size::fixed(4), batch_stride: Size::fixed(0), step: Size::fixed(0) },
+        c: MatView { buf: arena(30), rs: Size::fixed(3), cs: Size::fixed(1), batch_stride: Size::fixed(0), step: Size::fixed(0) },
         accumulate: false,
     };
     let snapshot = mem.clone();
@@ -218,7 +218,7 @@ fn transcendental_maps_run_scalar_with_host_calls() {
     for i in 0..9 {
         mem[i] = i as f32 * 0.3 - 1.2;
     }
-    let acc = |o| Access { buf: arena(o), strides: vec![Size::fixed(1)] };
+    let acc = |o| Access::new(arena(o), vec![Size::fixed(1)]);
     let k = Kernel::Map {
         shape: vec![Size::fixed(9)],
         inputs: vec![acc(0)],
@@ -233,4 +233,48 @@ fn transcendental_maps_run_scalar_with_host_calls() {
         assert_eq!(mem[10 + i], snapshot[i].tanh());
         assert_eq!(mem[20 + i], snapshot[i].exp() * 2.0);
     }
+}
+
+#[test]
+fn time_loop_steps_accesses_and_masks_by_length() {
+    // h[b] = h[b] + x[b, t] while t < len[b]; y[b, t] = h[b] at valid steps, 0 after.
+    // B = 2 rows, T = 3 (padded), lengths 3 and 1; x is [B, T], h is [B], y is [B, T].
+    let mut mem = vec![0.0f32; 32];
+    let x = [1.0f32, 2.0, 3.0, 10.0, 20.0, 30.0];
+    mem[..6].copy_from_slice(&x);
+    let lens = [3i32, 1];
+    let lbuf = Buf { region: Region::Lengths(0), offset: 0, elem: Elem::I32 };
+    let seq = Size { factor: 1, batch: false, seq: Some((0, 0)) };
+    let row = |buf, step| Access { buf, strides: vec![seq], step };
+    let valid = |then: Expr, other: Expr| Expr::SelectGt(Box::new(Expr::In(2)), Box::new(Expr::LoopVar), Box::new(then), Box::new(other));
+    let body = vec![Kernel::Map {
+        shape: vec![Size::batch(1)],
+        inputs: vec![row(arena(0), Size::fixed(1)), Access::new(arena(10), vec![Size::fixed(1)]), Access::new(lbuf, vec![Size::fixed(1)])],
+        outputs: vec![
+            (Access::new(arena(10), vec![Size::fixed(1)]), valid(Expr::Add(Box::new(Expr::In(1)), Box::new(Expr::In(0))), Expr::In(1))),
+            (row(arena(20), Size::fixed(1)), valid(Expr::Add(Box::new(Expr::In(1)), Box::new(Expr::In(0))), Expr::Const(0.0))),
+        ],
+    }];
+    let k = Kernel::Loop { count: seq, reverse: false, body };
+    let mut jit = Jit::new().expect("jit");
+    let id = define_step(&mut jit, "scan", 1, &[k]).expect("define");
+    let code = jit.finish().expect("finish");
+    let step = unsafe { StepFn::new(&code, id) };
+    let lens_ptr: [*const i32; 1] = [lens.as_ptr()];
+    let seqs = [3i64];
+    let frame = Frame {
+        state: std::ptr::null_mut(),
+        grad: std::ptr::null_mut(),
+        opt: std::ptr::null_mut(),
+        arena: mem.as_mut_ptr() as *mut u8,
+        out: std::ptr::null_mut(),
+        inputs: std::ptr::null(),
+        lengths: lens_ptr.as_ptr(),
+        scalars: std::ptr::null(),
+        batch: 2,
+        seq: seqs.as_ptr(),
+    };
+    unsafe { step.call(&frame) };
+    assert_eq!(&mem[10..12], &[6.0, 10.0]);
+    assert_eq!(&mem[20..26], &[1.0, 3.0, 6.0, 10.0, 0.0, 0.0]);
 }
