@@ -4,3 +4,6 @@ pub mod ast;
 mod parse;
 
 pub use parse::parse_file;
+
+#[cfg(test)]
+mod tests;
