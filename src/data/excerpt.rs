@@ -31,7 +31,7 @@ pub(crate) fn display(path: &Path) -> String {
 pub(crate) fn read_file(path: &Path, path_span: Span) -> Result<Vec<u8>, Diagnostic> {
     let name = display(path);
     let cannot = |e: std::io::Error| {
-        Diagnostic::at(path_span, format!("cannot read `{name}`: {e}"), e.to_string())
+        Diagnostic::at(path_span, format!("cannot read `{name}`: {e}"), "cannot read this file")
     };
     let meta = std::fs::metadata(path).map_err(cannot)?;
     if meta.is_dir() {

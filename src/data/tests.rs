@@ -33,7 +33,9 @@ impl Fx {
         Span::new(self.file, start, end)
     }
     fn call(&self) -> Span {
-        self.span(20, 72)
+        let start = TRAIN_TEXT.find("csv(").unwrap_or(0);
+        let end = TRAIN_TEXT.find(")\n").map_or(start, |e| e + 1);
+        self.span(start, end)
     }
     fn path_span(&self) -> Span {
         self.span(24, 34)
@@ -574,3 +576,4 @@ fn real_words_jsonl() {
         assert_eq!(e.fields[0].vocab.as_ref(), Some(vocab));
     }
 }
+
