@@ -9,6 +9,15 @@
 use crate::diag::{Diagnostic, SourceMap, Span};
 use std::path::PathBuf;
 
+mod csv;
+mod excerpt;
+mod jsonl;
+mod npy;
+mod safetensors;
+pub mod vocab;
+#[cfg(test)]
+mod tests;
+
 /// Element type of a model input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dtype {
@@ -99,9 +108,13 @@ impl Default for TokenizerOpts {
 /// A loaded source: every field has exactly `rows` rows.
 #[derive(Debug, Clone)]
 pub struct Table {
+    /// The source's file (for npy, the first field's file).
     pub path: PathBuf,
     pub rows: usize,
+    /// In the order of the spec's fields.
     pub fields: Vec<Field>,
+    /// The file format, so that [`row_error`] knows how to find a field in a row.
+    pub format: Format,
 }
 
 #[derive(Debug, Clone)]
@@ -115,7 +128,8 @@ pub struct Field {
     pub classes: Option<Vec<String>>,
     /// Where each row came from, for errors found after loading (label ranges).
     pub rows: Vec<RowPos>,
-    /// For csv fields: the header names of the columns, in order.
+    /// Where the field's values come from: for csv the header names of the columns, in
+    /// order; for jsonl the object key; for npy the file; for safetensors the tensor name.
     pub columns: Vec<String>,
 }
 
@@ -144,8 +158,24 @@ pub const MAX_SEQ_LEN: usize = 65_536;
 /// each tokenized field reuses the train field's vocabulary (unknown tokens read as id 1),
 /// each `label` field reuses its class list (an eval label not seen in train is an error).
 pub fn load(spec: &SourceSpec, train: Option<&Table>, sources: &mut SourceMap) -> Result<Table, Diagnostic> {
-    let _ = (spec, train, sources);
-    Err(Diagnostic::at(spec.span, "data sources are not implemented yet", "here"))
+    let path = |what: &str| {
+        spec.path.as_ref().ok_or_else(|| Diagnostic::at(spec.span, format!("{what} source has no file"), "expected a path as the first argument"))
+    };
+    match spec.format {
+        Format::Csv => {
+            let (p, s) = path("a csv")?;
+            csv::load(spec, p, *s, sources)
+        }
+        Format::Jsonl => {
+            let (p, s) = path("a jsonl")?;
+            jsonl::load(spec, train, p, *s, sources)
+        }
+        Format::Npy => npy::load(spec),
+        Format::Safetensors => {
+            let (p, s) = path("a safetensors")?;
+            safetensors::load(spec, p, *s)
+        }
+    }
 }
 
 /// A diagnostic located at row `row` of `field` in `table`'s file (that line is re-read from
@@ -159,6 +189,30 @@ pub fn row_error(
     label: impl Into<String>,
     sources: &mut SourceMap,
 ) -> Diagnostic {
-    let _ = (table, field, row, sources);
-    Diagnostic::error(message).with_note(label.into())
+    let (message, label) = (message.into(), label.into());
+    let name = excerpt::display(&table.path);
+    let Some(pos) = field.rows.get(row).copied() else {
+        return Diagnostic::error(message).with_note(format!("{label}: row {} of `{name}`", row + 1));
+    };
+    let fallback = |message: String| {
+        let at = match table.format {
+            Format::Csv | Format::Jsonl => format!("row {} of `{name}` (line {})", row + 1, pos.line),
+            Format::Npy => format!("row {} of `{}`", row + 1, field.columns.first().map_or(name.as_str(), String::as_str)),
+            Format::Safetensors => format!("row {} of tensor \"{}\" in `{name}`", row + 1, field.columns.first().map_or("", String::as_str)),
+        };
+        Diagnostic::error(message).with_note(format!("{label}: {at}"))
+    };
+    if !matches!(table.format, Format::Csv | Format::Jsonl) {
+        return fallback(message);
+    }
+    let Some(line) = excerpt::read_line_at(&table.path, pos.byte) else {
+        return fallback(message);
+    };
+    let range = match (table.format, field.columns.as_slice()) {
+        (Format::Csv, [column]) => csv::column_range(&table.path, &line, column),
+        (Format::Jsonl, [key]) => std::str::from_utf8(&line).ok().and_then(|l| jsonl::value_span(l, key)),
+        _ => None,
+    };
+    let span = excerpt::excerpt(sources, &name, &line, pos.line, range.unwrap_or(0..line.len()));
+    Diagnostic::at(span, message, label)
 }
