@@ -1,7 +1,7 @@
 //! Human-readable summaries printed by the CLI (`kpc check`, the `kpc run` header).
 
 use crate::check::{Job, TensorRole};
-use crate::data::Values;
+use crate::data::{Format, Values};
 use std::fmt::Write;
 
 /// Thousands separators: 1234567 → "1,234,567".
@@ -26,28 +26,29 @@ fn shape_text(shape: &[usize]) -> String {
 pub fn check_summary(job: &Job) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}: ok", job.path.display());
-    let _ = writeln!(out, "\ninputs:");
     let train = &job.data.train;
-    let eval = job.data.eval.as_ref();
+    let _ = writeln!(out, "\ndata:");
+    let mut rows = vec![["train".to_string(), format!("{} rows", group_digits(train.rows as u64)), train.path.display().to_string()]];
+    if let Some(e) = &job.data.eval {
+        rows.push(["eval".to_string(), format!("{} rows", group_digits(e.rows as u64)), e.path.display().to_string()]);
+    }
+    out.push_str(&table(&rows));
+    let _ = writeln!(out, "\ninputs:");
     let mut rows = Vec::new();
     for input in &job.inputs {
         let field = &train.fields[input.field];
-        let mut extra = String::new();
+        let mut what = source_text(train.format, &field.columns);
         if let Some(v) = &field.vocab {
-            let _ = write!(extra, ", vocab {}", v.len());
+            let _ = write!(what, ", vocab {}", v.len());
         }
         if let Some(c) = &field.classes {
-            let _ = write!(extra, ", {} classes", c.len());
+            let _ = write!(what, ", {} classes", c.len());
         }
         if let Values::Seq { offsets, .. } = &field.values {
             let longest = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-            let _ = write!(extra, ", longest {longest}");
+            let _ = write!(what, ", longest {longest}");
         }
-        let rows_text = match eval {
-            Some(e) => format!("{} train rows from {}, {} eval rows from {}", train.rows, train.path.display(), e.rows, e.path.display()),
-            None => format!("{} train rows from {}", train.rows, train.path.display()),
-        };
-        rows.push([input.name.clone(), input.ty.to_string(), format!("{rows_text}{extra}")]);
+        rows.push([input.name.clone(), input.ty.to_string(), what]);
     }
     out.push_str(&table(&rows));
     let _ = writeln!(out, "\nparameters (state_dict):");
@@ -82,6 +83,18 @@ pub fn check_summary(job: &Job) -> String {
     }
     let _ = writeln!(out, ", {} buffer elements", group_digits(buffers));
     out
+}
+
+/// Where a field's values come from, in a few words.
+fn source_text(format: Format, columns: &[String]) -> String {
+    match (format, columns) {
+        (Format::Csv, [one]) => format!("csv column {one:?}"),
+        (Format::Csv, [first, .., last]) => format!("csv columns {first:?} … {last:?} ({})", columns.len()),
+        (Format::Jsonl, [key, ..]) => format!("jsonl key {key:?}"),
+        (Format::Npy, [file, ..]) => format!("npy {file}"),
+        (Format::Safetensors, [tensor, ..]) => format!("safetensors tensor {tensor:?}"),
+        (f, _) => format!("{f:?}").to_lowercase(),
+    }
 }
 
 /// Left-aligned columns separated by two spaces, indented by two.

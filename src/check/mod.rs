@@ -52,7 +52,7 @@ pub fn check_ast(file: &ast::File, path: &Path, base: &Path, sources: &mut Sourc
     let mut errors = Vec::new();
     let whole = Span::new(file.span.file, 0, 0);
     let missing = |item: &str, example: &str| {
-        Diagnostic::at(whole, format!("the file has no `{item}` item"), format!("expected a `{item}` item"))
+        Diagnostic::at(whole, format!("the file has no `{item}` item"), format!("the `{item}` item is required"))
             .with_note(format!("add one, e.g. `{example}`"))
     };
     if file.data.is_none() {
@@ -174,12 +174,66 @@ fn check_model(
         };
         (l, m)
     };
-    if let Some(d) = vals.first_unused() {
+    vals.check_remaining()?;
+    let mut roots = vec![loss_node];
+    roots.extend(metric_list.iter().flat_map(|m| [m.input, m.target]));
+    if let Some(d) = vals.first_unused(&roots) {
         return Err(d);
     }
     check_sequence_lengths(&vals, &loaded, sources)?;
     let values::Values { inputs, layers, nodes, .. } = vals;
-    Ok((inputs, layers, nodes, loss_node, metric_list, BoundData { train: loaded.train, eval: loaded.eval }))
+    let (nodes, remap) = compact(nodes, &roots);
+    let metric_list = metric_list.into_iter().map(|m| Metric { input: remap[m.input], target: remap[m.target], ..m }).collect();
+    Ok((inputs, layers, nodes, remap[loss_node], metric_list, BoundData { train: loaded.train, eval: loaded.eval }))
+}
+
+/// Keeps only the nodes the roots use (values typed for diagnostics alone are dropped),
+/// preserving order; returns the new nodes and old id → new id.
+fn compact(nodes: Vec<Node>, roots: &[NodeId]) -> (Vec<Node>, Vec<NodeId>) {
+    let mut live = vec![false; nodes.len()];
+    let mut stack = roots.to_vec();
+    while let Some(n) = stack.pop() {
+        if !std::mem::replace(&mut live[n], true) {
+            stack.extend(nodes[n].op.operands());
+        }
+    }
+    let mut remap = vec![usize::MAX; nodes.len()];
+    let mut kept = Vec::new();
+    for (i, mut node) in nodes.into_iter().enumerate() {
+        if !live[i] {
+            continue;
+        }
+        node.op = remap_operands(node.op, &remap);
+        remap[i] = kept.len();
+        kept.push(node);
+    }
+    (kept, remap)
+}
+
+fn remap_operands(op: Op, r: &[NodeId]) -> Op {
+    match op {
+        Op::Input(_) | Op::Const(_) => op,
+        Op::Apply { layer, x, h0, c0 } => Op::Apply { layer, x: r[x], h0: h0.map(|h| r[h]), c0: c0.map(|c| r[c]) },
+        Op::Unary(u, x) => Op::Unary(u, r[x]),
+        Op::Dropout { x, p } => Op::Dropout { x: r[x], p },
+        Op::Softmax { x, axis } => Op::Softmax { x: r[x], axis },
+        Op::LogSoftmax { x, axis } => Op::LogSoftmax { x: r[x], axis },
+        Op::Last(x) => Op::Last(r[x]),
+        Op::Mean(x) => Op::Mean(r[x]),
+        Op::Flatten(x) => Op::Flatten(r[x]),
+        Op::Squeeze(x) => Op::Squeeze(r[x]),
+        Op::Cat { a, b, axis } => Op::Cat { a: r[a], b: r[b], axis },
+        Op::Arith(k, a, b) => Op::Arith(k, r[a], r[b]),
+        Op::MatMul(a, b) => Op::MatMul(r[a], r[b]),
+        Op::SliceSeq { x, start, end_offset } => Op::SliceSeq { x: r[x], start, end_offset },
+        Op::Loss { kind, input, target, reduction } => {
+            let kind = match kind {
+                LossKind::BceWithLogits { pos_weight } => LossKind::BceWithLogits { pos_weight: pos_weight.map(|w| r[w]) },
+                k => k,
+            };
+            Op::Loss { kind, input: r[input], target: r[target], reduction }
+        }
+    }
 }
 
 /// Row lengths of a sequence field.

@@ -197,7 +197,8 @@ impl Objective<'_, '_> {
                 if let Some(count) = count {
                     if count > classes {
                         let what = if fld.classes.is_some() { "classes" } else { "token ids" };
-                        return Err(Diagnostic::at(is, format!("`{f}` scores have {classes} classes, but target `{name}` has {count} {what}"), format!("{classes} classes"))
+                        let plural = if classes == 1 { "class" } else { "classes" };
+                        return Err(Diagnostic::at(is, format!("`{f}` scores have {classes} {plural}, but target `{name}` has {count} {what}"), format!("{classes} {plural}"))
                             .with_label(ts, format!("{count} {what}"))
                             .with_note(format!("size the output layer with `{name}.{}`", if fld.classes.is_some() { "classes" } else { "vocab" })));
                     }

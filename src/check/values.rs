@@ -46,8 +46,6 @@ pub(super) struct Values<'a> {
     decls: HashMap<String, (Decl, usize)>,
     pub inputs: Vec<Input>,
     pub layers: Vec<Layer>,
-    pub layer_used: Vec<bool>,
-    layer_stmt: Vec<usize>,
     pub nodes: Vec<Node>,
     state: HashMap<String, State>,
     pub input_nodes: Vec<Option<NodeId>>,
@@ -95,19 +93,16 @@ impl<'a> Values<'a> {
             decls,
             inputs,
             layers: Vec::new(),
-            layer_used: Vec::new(),
-            layer_stmt: Vec::new(),
             nodes: Vec::new(),
             state: HashMap::new(),
             input_nodes: vec![None; n_inputs],
             facts,
             params_total: 0,
         };
-        for (i, s) in stmts.iter().enumerate() {
+        for s in stmts {
             if let ModelStmt::Assign(b) = s {
                 if let Some((Decl::Layer(_), _)) = v.decls.get(&b.name.name) {
                     v.declare_layer(&b.name.name, b.name.span, &b.value)?;
-                    v.layer_stmt.push(i);
                 }
             }
         }
@@ -285,7 +280,6 @@ impl<'a> Values<'a> {
             }
         }
         self.layers.push(layer);
-        self.layer_used.push(false);
         Ok(())
     }
 
@@ -389,11 +383,6 @@ impl<'a> Values<'a> {
             ModelStmt::Input(d) => d.name.span,
             ModelStmt::Assign(b) => b.name.span,
         }
-    }
-
-    /// Is the value of `name` in use (reached from the loss or a metric)?
-    pub fn is_used(&self, name: &str) -> bool {
-        matches!(self.state.get(name), Some(State::Done(_)))
     }
 
     pub fn expr(&mut self, e: &Expr, at: usize) -> Result<NodeId, Diagnostic> {
@@ -676,7 +665,6 @@ impl<'a> Values<'a> {
         let xe = b.expr("x").expect("required operand");
         let x = self.expr(xe, at)?;
         let ty = self.ty(x).clone();
-        self.layer_used[l] = true;
         let feature_mismatch = |want: usize, what: &str| {
             Diagnostic::at(xe.span, format!("layer `{lname}` expects {want} input features, but the value has {}", ty.shape.last().map_or("none".into(), |d| d.to_string())), format!("this is {ty}"))
                 .with_label(fspan, format!("`{lname}` takes {what} {want}"))
@@ -778,32 +766,64 @@ impl<'a> Values<'a> {
         }
     }
 
-    /// First model statement whose value, layer or input nothing uses.
-    pub fn first_unused(&self) -> Option<Diagnostic> {
+    /// Types every model value the loss and metrics did not reach, so that its errors are
+    /// reported before it is called unused.
+    pub fn check_remaining(&mut self) -> Result<(), Diagnostic> {
+        for (i, s) in self.stmts.iter().enumerate() {
+            if let ModelStmt::Assign(b) = s {
+                if let Some((Decl::Value(_), _)) = self.decls.get(&b.name.name) {
+                    self.value(&b.name.name, i, b.name.span)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The first model input, layer or value the `roots` (loss and metric nodes) do not use.
+    pub fn first_unused(&self, roots: &[NodeId]) -> Option<Diagnostic> {
+        let live = self.reachable(roots);
         for s in self.stmts {
             match s {
                 ModelStmt::Input(d) => {
                     let Some(i) = self.inputs.iter().position(|i| i.name == d.name.name) else { continue };
-                    if self.input_nodes[i].is_none() {
+                    if !self.input_nodes[i].is_some_and(|n| live[n]) {
                         return Some(Diagnostic::at(d.name.span, format!("input `{}` is never used", d.name.name), "not used by the loss or any metric")
                             .with_note("every input must feed the loss or a metric; remove it and its data binding"));
                     }
                 }
                 ModelStmt::Assign(b) => match self.decls.get(&b.name.name) {
-                    Some((Decl::Layer(l), _)) if !self.layer_used[*l] => {
-                        return Some(Diagnostic::at(b.name.span, format!("layer `{}` is never applied", b.name.name), "declared but not used")
-                            .with_note("a layer nothing calls is probably a typo"));
+                    Some((Decl::Layer(l), _)) => {
+                        let applied = self.nodes.iter().enumerate().any(|(n, node)| live[n] && matches!(node.op, Op::Apply { layer, .. } if layer == *l));
+                        if !applied {
+                            return Some(Diagnostic::at(b.name.span, format!("layer `{}` is never applied", b.name.name), "declared but not used")
+                                .with_note("a layer nothing calls is probably a typo"));
+                        }
                     }
-                    Some((Decl::Value(_), _)) if !self.is_used(&b.name.name) => {
-                        return Some(Diagnostic::at(b.name.span, format!("value `{}` is never used by the loss or a metric", b.name.name), "unused value")
-                            .with_note("a value nothing uses is probably a typo"));
+                    Some((Decl::Value(_), _)) => {
+                        let used = matches!(self.state.get(&b.name.name), Some(State::Done(n)) if live[*n]);
+                        if !used {
+                            return Some(Diagnostic::at(b.name.span, format!("value `{}` is never used by the loss or a metric", b.name.name), "unused value")
+                                .with_note("a value nothing uses is probably a typo"));
+                        }
                     }
                     _ => {}
                 },
             }
         }
-        let _ = &self.layer_stmt;
         None
+    }
+
+    /// Which nodes the roots depend on.
+    fn reachable(&self, roots: &[NodeId]) -> Vec<bool> {
+        let mut live = vec![false; self.nodes.len()];
+        let mut stack: Vec<NodeId> = roots.to_vec();
+        while let Some(n) = stack.pop() {
+            if std::mem::replace(&mut live[n], true) {
+                continue;
+            }
+            stack.extend(self.nodes[n].op.operands());
+        }
+        live
     }
 }
 
