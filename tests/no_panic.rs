@@ -3,7 +3,7 @@
 //! checker and requires a clean result (success or diagnostics) every time.
 
 use kpc::diag::SourceMap;
-use rand::{Rng, RngExt, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 

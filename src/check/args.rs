@@ -158,11 +158,10 @@ pub fn bind<'e>(
         }
     }
     for (p, slot) in params.iter().zip(&slots) {
-        if let Some(e) = slot {
-            if e.kind == ExprKind::None && !p.nullable {
+        if let Some(e) = slot
+            && e.kind == ExprKind::None && !p.nullable {
                 return Err(Diagnostic::at(e.span, format!("argument `{}` of `{callee}` cannot be `none`", p.name), format!("expected {}", p.kind.expected())));
             }
-        }
         if p.required && slot.is_none() {
             return Err(Diagnostic::at(span, format!("missing argument `{}` of `{callee}`", p.name), format!("`{}` is required", p.name))
                 .with_note(signature_note(callee, params, implicit.is_some())));

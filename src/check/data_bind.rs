@@ -96,15 +96,14 @@ fn encoder(arg_span: Span, value: &Expr) -> Result<FieldKind, Diagnostic> {
             if let Some(t) = typed("eos")? {
                 opts.eos = t.bool()?;
             }
-            if let Some(t) = typed("max_len")? {
-                if !t.is_none() {
+            if let Some(t) = typed("max_len")?
+                && !t.is_none() {
                     let v = t.int()?;
                     if v < 1 || v as usize > data::MAX_SEQ_LEN {
                         return Err(t.out_of_range(&format!("an integer in [1, {}]", data::MAX_SEQ_LEN)));
                     }
                     opts.max_len = Some(v as usize);
                 }
-            }
             let unit = if name == "chars" { TokenUnit::Chars } else { TokenUnit::Words };
             let span = b.span_of("field");
             Ok(FieldKind::Tokens { field, span, unit, opts })

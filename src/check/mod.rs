@@ -123,11 +123,10 @@ fn check_model(
                 if let ast::DimDecl::Fixed(0, s) = dim {
                     return Err(Diagnostic::at(*s, "a dimension must be at least 1", "zero-sized axis"));
                 }
-                if let ast::DimDecl::Fixed(n, s) = dim {
-                    if *n > i32::MAX as u64 {
+                if let ast::DimDecl::Fixed(n, s) = dim
+                    && *n > i32::MAX as u64 {
                         return Err(Diagnostic::at(*s, format!("dimension {n} is too large"), "expected a size below 2^31"));
                     }
-                }
             }
             let named = d.dims.iter().filter(|x| matches!(x, ast::DimDecl::Named(_))).count();
             if named > 1 || (named == 1 && d.dims.len() > 1) {

@@ -204,8 +204,8 @@ impl Objective<'_, '_> {
                     }
                     continue;
                 }
-                if let data::Values::I64 { data, .. } = &fld.values {
-                    if let Some(row) = data.iter().position(|&v| v != ignore_index && (v < 0 || v >= classes as i64)) {
+                if let data::Values::I64 { data, .. } = &fld.values
+                    && let Some(row) = data.iter().position(|&v| v != ignore_index && (v < 0 || v >= classes as i64)) {
                         let v = data[row];
                         let d = data::row_error(
                             table,
@@ -217,7 +217,6 @@ impl Objective<'_, '_> {
                         );
                         return Err(d.with_label(is, format!("`{f}` over {classes} classes")));
                     }
-                }
             }
         }
         Ok(classes)

@@ -91,8 +91,8 @@ pub(super) fn optimizer(item: &Single) -> Result<Optimizer, Diagnostic> {
                 weight_decay: nonneg(&b, "weight_decay", 0.0)?,
                 nesterov: bool_or(&b, "nesterov", false)?,
             };
-            if let Optimizer::Sgd { nesterov: true, momentum, dampening, .. } = o {
-                if momentum <= 0.0 || dampening != 0.0 {
+            if let Optimizer::Sgd { nesterov: true, momentum, dampening, .. } = o
+                && (momentum <= 0.0 || dampening != 0.0) {
                     return Err(Diagnostic::at(
                         b.span_of("nesterov"),
                         "nesterov momentum requires a momentum and zero dampening",
@@ -100,7 +100,6 @@ pub(super) fn optimizer(item: &Single) -> Result<Optimizer, Diagnostic> {
                     )
                     .with_note("as in PyTorch's torch.optim.SGD"));
                 }
-            }
             Ok(o)
         }
         "adam" | "adamw" => {

@@ -100,11 +100,10 @@ impl<'a> Values<'a> {
             params_total: 0,
         };
         for s in stmts {
-            if let ModelStmt::Assign(b) = s {
-                if let Some((Decl::Layer(_), _)) = v.decls.get(&b.name.name) {
+            if let ModelStmt::Assign(b) = s
+                && let Some((Decl::Layer(_), _)) = v.decls.get(&b.name.name) {
                     v.declare_layer(&b.name.name, b.name.span, &b.value)?;
                 }
-            }
         }
         Ok(v)
     }
@@ -698,13 +697,12 @@ impl<'a> Values<'a> {
                 if ty.dtype != Dtype::I64 {
                     return Err(Diagnostic::at(xe.span, format!("embedding `{lname}` looks up i64 ids, found {ty}"), format!("this is {ty}")));
                 }
-                if let Some(v) = self.vocab_of(x) {
-                    if v > *num {
+                if let Some(v) = self.vocab_of(x)
+                    && v > *num {
                         return Err(Diagnostic::at(fspan, format!("embedding `{lname}` has {num} rows, but its input has ids up to {}", v - 1), "too few rows")
                             .with_label(self.layers[l].span, "declared here")
                             .with_note(format!("use `num = {v}` or the input's `.vocab`")));
                     }
-                }
                 let mut shape = ty.shape.clone();
                 shape.push(Dim::Fixed(*dim));
                 Ty { dtype: Dtype::F32, shape }
@@ -770,11 +768,10 @@ impl<'a> Values<'a> {
     /// reported before it is called unused.
     pub fn check_remaining(&mut self) -> Result<(), Diagnostic> {
         for (i, s) in self.stmts.iter().enumerate() {
-            if let ModelStmt::Assign(b) = s {
-                if let Some((Decl::Value(_), _)) = self.decls.get(&b.name.name) {
+            if let ModelStmt::Assign(b) = s
+                && let Some((Decl::Value(_), _)) = self.decls.get(&b.name.name) {
                     self.value(&b.name.name, i, b.name.span)?;
                 }
-            }
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ impl Size {
     }
 
     /// The product of two sizes (at most one batch factor and one sequence factor).
-    pub fn mul(self, o: Size) -> Size {
+    pub fn times(self, o: Size) -> Size {
         debug_assert!(!(self.batch && o.batch) && (self.seq.is_none() || o.seq.is_none()), "{self:?} * {o:?}");
         Size { factor: self.factor * o.factor, batch: self.batch || o.batch, seq: self.seq.or(o.seq) }
     }
@@ -149,7 +149,7 @@ impl Access {
     pub fn contiguous(buf: Buf, shape: &[Size]) -> Access {
         let mut strides = vec![Size::fixed(1); shape.len()];
         for k in (0..shape.len().saturating_sub(1)).rev() {
-            strides[k] = strides[k + 1].mul(shape[k + 1]);
+            strides[k] = strides[k + 1].times(shape[k + 1]);
         }
         Access::new(buf, strides)
     }
@@ -174,6 +174,7 @@ pub struct MatView {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // a program holds tens of kernels; boxing buys nothing
 pub enum Kernel {
     /// `C = C·accumulate + A·B` (`m×k` times `k×n`), repeated `batch` times.
     Gemm { m: Size, n: Size, k: Size, batch: Size, a: MatView, b: MatView, c: MatView, accumulate: bool },

@@ -1,3 +1,4 @@
+#![allow(clippy::needless_range_loop)] // index loops mirror the buffer layouts being tested
 use super::emit::{f32_loop, mem};
 use super::emit_kernels::Frame;
 use super::jit::Jit;

@@ -471,7 +471,7 @@ fn npy_errors() {
     // A header claiming a huge shape, with no data behind it.
     let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
     let mut header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000, 1000), }".to_vec();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(b' ');
     }
     header.push(b'\n');
