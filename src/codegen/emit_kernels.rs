@@ -8,6 +8,7 @@
 use super::emit::{counted_loop, mem};
 use super::jit::Imports;
 use super::kernel::*;
+use super::vmath;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, condcodes::FloatCC, condcodes::IntCC, types};
 use cranelift_frontend::FunctionBuilder;
 
@@ -237,7 +238,8 @@ fn vectorizable(accesses: &[&Access], exprs: &[&Expr]) -> bool {
         Elem::F32 => a.strides.last().is_none_or(unit),
         Elem::I64 | Elem::I32 => is_zero_stride(a.strides.last()),
     };
-    accesses.iter().all(ok) && exprs.iter().all(|e| !e.needs_scalar())
+    let _ = exprs;
+    accesses.iter().all(ok)
 }
 
 /// Walks the loop nest over `shape`, calling `inner(b, pointers, lane_type)` at each innermost
@@ -330,12 +332,6 @@ fn splat_const(b: &mut FunctionBuilder, lane: Type, v: f32) -> Value {
     if lane == types::F32 { c } else { b.ins().splat(lane, c) }
 }
 
-fn host1(b: &mut FunctionBuilder, imports: &mut Imports, name: &'static str, x: Value) -> Value {
-    let f = imports.func(b, name);
-    let call = b.ins().call(f, &[x]);
-    b.inst_results(call)[0]
-}
-
 fn eval_expr(b: &mut FunctionBuilder, e: &Expr, lane: Type, inputs: &[Value], env: &Env, imports: &mut Imports) -> Value {
     let rec = |b: &mut FunctionBuilder, x: &Expr, imports: &mut Imports| eval_expr(b, x, lane, inputs, env, imports);
     match e {
@@ -374,13 +370,12 @@ fn eval_expr(b: &mut FunctionBuilder, e: &Expr, lane: Type, inputs: &[Value], en
         }
         Expr::Exp(a) | Expr::Log(a) | Expr::Tanh(a) | Expr::Erf(a) => {
             let x = rec(b, a, imports);
-            let name = match e {
-                Expr::Exp(_) => "kpc_expf",
-                Expr::Log(_) => "kpc_logf",
-                Expr::Tanh(_) => "kpc_tanhf",
-                _ => "kpc_erff",
-            };
-            host1(b, imports, name, x)
+            match e {
+                Expr::Exp(_) => vmath::exp(b, lane, x),
+                Expr::Log(_) => vmath::log(b, lane, x),
+                Expr::Tanh(_) => vmath::tanh(b, lane, x),
+                _ => vmath::erf(b, lane, x),
+            }
         }
         Expr::SelectGt(p, q, t, f) => {
             let (p1, q1, t1, f1) = (rec(b, p, imports), rec(b, q, imports), rec(b, t, imports), rec(b, f, imports));

@@ -1,5 +1,5 @@
-//! Host functions generated code calls: the f32 GEMM kernel and the scalar libm functions
-//! Cranelift has no instruction for. Every one is `extern "C"` with plain arguments.
+//! Host functions generated code calls: the f32 GEMM kernel. (Transcendentals are inline,
+//! see `vmath`.) Every one is `extern "C"` with plain arguments.
 
 use super::jit::HostFn;
 use cranelift_codegen::ir::types::{F32, I32, I64};
@@ -77,30 +77,6 @@ fn parallelism() -> gemm::Parallelism {
     gemm::Parallelism::None
 }
 
-extern "C" fn kpc_expf(x: f32) -> f32 {
-    x.exp()
-}
-
-extern "C" fn kpc_logf(x: f32) -> f32 {
-    x.ln()
-}
-
-extern "C" fn kpc_tanhf(x: f32) -> f32 {
-    x.tanh()
-}
-
-extern "C" fn kpc_erff(x: f32) -> f32 {
-    libm::erff(x)
-}
-
-extern "C" fn kpc_log1pf(x: f32) -> f32 {
-    x.ln_1p()
-}
-
-extern "C" fn kpc_powf(x: f32, y: f32) -> f32 {
-    x.powf(y)
-}
-
 /// Every host function, with its Cranelift signature (`I64` stands for a pointer-sized
 /// integer).
 pub fn functions() -> Vec<HostFn> {
@@ -111,11 +87,5 @@ pub fn functions() -> Vec<HostFn> {
             params: &[I64, I64, I64, I64, I64, I64, I32, I64, I64, I64, I64, I64, I64, F32, F32],
             returns: &[],
         },
-        HostFn { name: "kpc_expf", ptr: kpc_expf as *const u8, params: &[F32], returns: &[F32] },
-        HostFn { name: "kpc_logf", ptr: kpc_logf as *const u8, params: &[F32], returns: &[F32] },
-        HostFn { name: "kpc_tanhf", ptr: kpc_tanhf as *const u8, params: &[F32], returns: &[F32] },
-        HostFn { name: "kpc_erff", ptr: kpc_erff as *const u8, params: &[F32], returns: &[F32] },
-        HostFn { name: "kpc_log1pf", ptr: kpc_log1pf as *const u8, params: &[F32], returns: &[F32] },
-        HostFn { name: "kpc_powf", ptr: kpc_powf as *const u8, params: &[F32, F32], returns: &[F32] },
     ]
 }

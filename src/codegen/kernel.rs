@@ -115,21 +115,6 @@ pub enum Expr {
     SelectGt(Box<Expr>, Box<Expr>, Box<Expr>, Box<Expr>),
 }
 
-impl Expr {
-    /// Does evaluating this need a scalar host call (no vector form)?
-    pub fn needs_scalar(&self) -> bool {
-        match self {
-            Expr::Exp(_) | Expr::Log(_) | Expr::Tanh(_) | Expr::Erf(_) => true,
-            Expr::In(_) | Expr::Const(_) | Expr::Scalar(_) | Expr::LoopVar => false,
-            Expr::Neg(a) | Expr::Sqrt(a) | Expr::Abs(a) => a.needs_scalar(),
-            Expr::Add(a, b) | Expr::Sub(a, b) | Expr::Mul(a, b) | Expr::Div(a, b) | Expr::Max(a, b) | Expr::Min(a, b) => {
-                a.needs_scalar() || b.needs_scalar()
-            }
-            Expr::SelectGt(a, b, c, d) => a.needs_scalar() || b.needs_scalar() || c.needs_scalar() || d.needs_scalar(),
-        }
-    }
-}
-
 /// How a map or reduction reads a buffer: element (i0, i1, …) of the iteration space is at
 /// `buf + t · step + Σ i_k · strides[k]` (in elements), `t` being the enclosing
 /// [`Kernel::Loop`]'s index (0 outside loops). A zero stride broadcasts.

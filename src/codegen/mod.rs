@@ -7,6 +7,7 @@ pub mod emit;
 pub mod emit_kernels;
 pub mod kernel;
 pub mod step;
+pub mod vmath;
 pub mod host;
 pub mod jit;
 

@@ -214,29 +214,6 @@ fn gemm_kernel_with_batch_sized_rows_and_transposed_weight() {
 }
 
 #[test]
-fn transcendental_maps_run_scalar_with_host_calls() {
-    let mut mem = vec![0.0f32; 32];
-    for i in 0..9 {
-        mem[i] = i as f32 * 0.3 - 1.2;
-    }
-    let acc = |o| Access::new(arena(o), vec![Size::fixed(1)]);
-    let k = Kernel::Map {
-        shape: vec![Size::fixed(9)],
-        inputs: vec![acc(0)],
-        outputs: vec![
-            (acc(10), Expr::Tanh(Box::new(Expr::In(0)))),
-            (acc(20), Expr::Mul(Box::new(Expr::Exp(Box::new(Expr::In(0)))), Box::new(Expr::Scalar(0)))),
-        ],
-    };
-    let snapshot = mem.clone();
-    run(&[k], &mut mem, &[], 1, &[2.0]);
-    for i in 0..9 {
-        assert_eq!(mem[10 + i], snapshot[i].tanh());
-        assert_eq!(mem[20 + i], snapshot[i].exp() * 2.0);
-    }
-}
-
-#[test]
 fn time_loop_steps_accesses_and_masks_by_length() {
     // h[b] = h[b] + x[b, t] while t < len[b]; y[b, t] = h[b] at valid steps, 0 after.
     // B = 2 rows, T = 3 (padded), lengths 3 and 1; x is [B, T], h is [B], y is [B, T].
@@ -278,4 +255,52 @@ fn time_loop_steps_accesses_and_masks_by_length() {
     unsafe { step.call(&frame) };
     assert_eq!(&mem[10..12], &[6.0, 10.0]);
     assert_eq!(&mem[20..26], &[1.0, 3.0, 6.0, 10.0, 0.0, 0.0]);
+}
+
+/// Applies `f` (one of the vmath functions) to every value, through a compiled map that
+/// runs the vector body for the first multiple of four and the scalar tail for the rest.
+fn vmath_map(expr: fn(Box<Expr>) -> Expr, xs: &[f32]) -> Vec<f32> {
+    let n = xs.len();
+    let mut mem = vec![0.0f32; 2 * n];
+    mem[..n].copy_from_slice(xs);
+    let k = Kernel::Map {
+        shape: vec![Size::fixed(n as i64)],
+        inputs: vec![Access::new(arena(0), vec![Size::fixed(1)])],
+        outputs: vec![(Access::new(arena(n), vec![Size::fixed(1)]), expr(Box::new(Expr::In(0))))],
+    };
+    run(&[k], &mut mem, &[], 1, &[]);
+    mem[n..].to_vec()
+}
+
+fn sweep() -> Vec<f32> {
+    let mut v: Vec<f32> = (-4000..=4000).map(|i| i as f32 * 0.0231).collect();
+    v.extend([0.0, -0.0, 1e-30, -1e-30, 1e-6, 0.625, -0.625, 9.5, -9.5, 87.0, -87.0, 88.5, -100.0, -200.0, 200.0, 3e38]);
+    v.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+    v.push(1.5); // odd count: exercises the scalar tail
+    v
+}
+
+fn close(got: f32, want: f32, rel: f32, abs: f32) -> bool {
+    (got.is_nan() && want.is_nan()) || got == want || (got - want).abs() <= abs + rel * want.abs()
+}
+
+#[test]
+fn inline_exp_log_tanh_erf_match_libm() {
+    let xs = sweep();
+    let exp = vmath_map(Expr::Exp, &xs);
+    let tanh = vmath_map(Expr::Tanh, &xs);
+    let erf = vmath_map(Expr::Erf, &xs);
+    for (i, x) in xs.iter().enumerate() {
+        // Near the overflow edge the clamped range reduction is allowed to be coarse.
+        if x.abs() < 87.0 || !x.is_finite() {
+            assert!(close(exp[i], x.exp(), 3e-7, 0.0), "exp({x}) = {} vs {}", exp[i], x.exp());
+        }
+        assert!(close(tanh[i], x.tanh(), 3e-7, 1e-37), "tanh({x}) = {} vs {}", tanh[i], x.tanh());
+        assert!(close(erf[i], libm::erff(*x), 0.0, 5e-7), "erf({x}) = {} vs {}", erf[i], libm::erff(*x));
+    }
+    let pos: Vec<f32> = xs.iter().map(|x| x.abs() * 3.7).chain([0.0, 1.0, f32::MIN_POSITIVE, 1e-20, 3e38, -1.0, f32::NAN, f32::INFINITY]).collect();
+    let log = vmath_map(Expr::Log, &pos);
+    for (i, x) in pos.iter().enumerate() {
+        assert!(close(log[i], x.ln(), 3e-7, 1e-7), "log({x}) = {} vs {}", log[i], x.ln());
+    }
 }
