@@ -78,7 +78,7 @@ pub fn exp(b: &mut FunctionBuilder, lane: Type, x: Value) -> Value {
     let t = b.ins().fmul(n, c2);
     let r = b.ins().fsub(r, t);
     let r2 = b.ins().fmul(r, r);
-    let p = poly(b, lane, r, &[1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1]);
+    let p = poly(b, lane, r, &[1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.0e-1]);
     let p = b.ins().fmul(p, r2);
     let p = b.ins().fadd(p, r);
     let one = konst(b, lane, 1.0);
