@@ -106,6 +106,7 @@ impl Env {
             Region::Grad => self.grad,
             Region::OptState => self.opt,
             Region::Arena => self.arena,
+            Region::Temp(k) => panic!("temporary {k} reached codegen unplanned: run memory::plan first"),
             Region::Out => self.out,
             Region::Input(k) => b.ins().load(self.ptr, trusted(), self.inputs, (k * 8) as i32),
             Region::Lengths(k) => b.ins().load(self.ptr, trusted(), self.lengths, (k * 8) as i32),

@@ -16,6 +16,12 @@ pub struct Size {
 }
 
 impl Size {
+    /// The largest value this size takes for batches up to `b` rows and padded sequence
+    /// lengths up to `t`.
+    pub fn max(self, b: i64, t: &[i64]) -> i64 {
+        self.eval(b, t)
+    }
+
     pub const fn fixed(n: i64) -> Size {
         Size { factor: n, batch: false, seq: None }
     }
@@ -67,8 +73,11 @@ pub enum Region {
     Grad,
     /// Optimizer state (momentum buffers, Adam moments).
     OptState,
-    /// Intermediates.
+    /// Intermediates, placed by the memory planner.
     Arena,
+    /// Intermediate `k` before memory planning ([`super::memory::plan`] rewrites every
+    /// `Temp` into an `Arena` offset).
+    Temp(usize),
     /// Batch input `k` (its own pointer).
     Input(usize),
     /// Per-row valid lengths of sequence dimension `k` (i32).

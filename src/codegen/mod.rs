@@ -6,6 +6,7 @@
 pub mod emit;
 pub mod emit_kernels;
 pub mod kernel;
+pub mod memory;
 pub mod step;
 pub mod vmath;
 pub mod host;
