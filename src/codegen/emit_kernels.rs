@@ -164,6 +164,8 @@ pub fn emit(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, k: &Kerne
             let zero_access = Access::new(*buf, vec![Size::fixed(1)]);
             emit_map(b, env, imports, &[*len], &[], &[(zero_access, Expr::Const(0.0))]);
         }
+        Kernel::Pick { rows, cols, x, ids, out } => emit_pick(b, env, *rows, *cols, *x, *ids, *out, false),
+        Kernel::PutAdd { rows, cols, g, ids, dx } => emit_pick(b, env, *rows, *cols, *dx, *ids, *g, true),
         Kernel::Loop { count, reverse, body } => {
             let n = env.size(b, *count);
             let zero = b.ins().iconst(types::I64, 0);
@@ -378,9 +380,10 @@ fn eval_expr(b: &mut FunctionBuilder, e: &Expr, lane: Type, inputs: &[Value], en
                 _ => vmath::erf(b, lane, x),
             }
         }
-        Expr::SelectGt(p, q, t, f) => {
+        Expr::SelectGt(p, q, t, f) | Expr::SelectEq(p, q, t, f) => {
             let (p1, q1, t1, f1) = (rec(b, p, imports), rec(b, q, imports), rec(b, t, imports), rec(b, f, imports));
-            select_cmp(b, lane, FloatCC::GreaterThan, p1, q1, t1, f1)
+            let cc = if matches!(e, Expr::SelectGt(..)) { FloatCC::GreaterThan } else { FloatCC::Equal };
+            select_cmp(b, lane, cc, p1, q1, t1, f1)
         }
     }
 }
@@ -444,6 +447,51 @@ fn emit_reduce(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, shape:
             ReduceOp::Max => select_cmp(b, lane, FloatCC::GreaterThan, v, old, v, old),
         };
         b.ins().store(mem(), new, ptrs[n_in], 0);
+    });
+}
+
+/// `row[r] = m[r, ids[r]]` (pick) or `m[r, ids[r]] += row[r]` (put-add), for ids in range.
+#[allow(clippy::too_many_arguments)]
+fn emit_pick(b: &mut FunctionBuilder, env: &Env, rows: Size, cols: usize, m: Buf, ids: Buf, row: Buf, put: bool) {
+    let n = env.size(b, rows);
+    let ids_base = env.base(b, ids);
+    let m_base = env.base(b, m);
+    let row_base = env.base(b, row);
+    let zero = b.ins().iconst(types::I64, 0);
+    counted_loop(b, types::I64, zero, n, 1, |b, r| {
+        let id_off = b.ins().imul_imm_s(r, 8);
+        let id_ptr = b.ins().iadd(ids_base, id_off);
+        let id = b.ins().load(types::I64, mem(), id_ptr, 0);
+        let row_off = b.ins().imul_imm_s(r, 4);
+        let row_ptr = b.ins().iadd(row_base, row_off);
+        // Unsigned comparison folds `id < 0` into `id >= cols`.
+        let in_range = b.ins().icmp_imm_s(IntCC::UnsignedLessThan, id, cols as i64);
+        let hit = b.create_block();
+        let miss = b.create_block();
+        let done = b.create_block();
+        b.ins().brif(in_range, hit, &[], miss, &[]);
+        b.switch_to_block(hit);
+        let base = b.ins().imul_imm_s(r, cols as i64);
+        let idx = b.ins().iadd(base, id);
+        let off = b.ins().imul_imm_s(idx, 4);
+        let p = b.ins().iadd(m_base, off);
+        if put {
+            let g = b.ins().load(types::F32, mem(), row_ptr, 0);
+            let old = b.ins().load(types::F32, mem(), p, 0);
+            let new = b.ins().fadd(old, g);
+            b.ins().store(mem(), new, p, 0);
+        } else {
+            let v = b.ins().load(types::F32, mem(), p, 0);
+            b.ins().store(mem(), v, row_ptr, 0);
+        }
+        b.ins().jump(done, &[]);
+        b.switch_to_block(miss);
+        if !put {
+            let z = b.ins().f32const(0.0);
+            b.ins().store(mem(), z, row_ptr, 0);
+        }
+        b.ins().jump(done, &[]);
+        b.switch_to_block(done);
     });
 }
 

@@ -122,6 +122,70 @@ pub enum Expr {
     Erf(Box<Expr>),
     /// `if a > b { t } else { f }`.
     SelectGt(Box<Expr>, Box<Expr>, Box<Expr>, Box<Expr>),
+    /// `if a == b { t } else { f }`.
+    SelectEq(Box<Expr>, Box<Expr>, Box<Expr>, Box<Expr>),
+}
+
+/// Short constructors, so kernel templates read like the formulas they implement.
+pub mod ex {
+    use super::Expr;
+
+    pub fn input(k: usize) -> Expr {
+        Expr::In(k)
+    }
+    pub fn c(v: f32) -> Expr {
+        Expr::Const(v)
+    }
+    pub fn add(a: Expr, b: Expr) -> Expr {
+        Expr::Add(Box::new(a), Box::new(b))
+    }
+    pub fn sub(a: Expr, b: Expr) -> Expr {
+        Expr::Sub(Box::new(a), Box::new(b))
+    }
+    pub fn mul(a: Expr, b: Expr) -> Expr {
+        Expr::Mul(Box::new(a), Box::new(b))
+    }
+    pub fn div(a: Expr, b: Expr) -> Expr {
+        Expr::Div(Box::new(a), Box::new(b))
+    }
+    pub fn neg(a: Expr) -> Expr {
+        Expr::Neg(Box::new(a))
+    }
+    pub fn exp(a: Expr) -> Expr {
+        Expr::Exp(Box::new(a))
+    }
+    pub fn log(a: Expr) -> Expr {
+        Expr::Log(Box::new(a))
+    }
+    pub fn max(a: Expr, b: Expr) -> Expr {
+        Expr::Max(Box::new(a), Box::new(b))
+    }
+    pub fn min(a: Expr, b: Expr) -> Expr {
+        Expr::Min(Box::new(a), Box::new(b))
+    }
+    pub fn sqrt(a: Expr) -> Expr {
+        Expr::Sqrt(Box::new(a))
+    }
+    pub fn abs(a: Expr) -> Expr {
+        Expr::Abs(Box::new(a))
+    }
+    pub fn tanh(a: Expr) -> Expr {
+        Expr::Tanh(Box::new(a))
+    }
+    pub fn erf(a: Expr) -> Expr {
+        Expr::Erf(Box::new(a))
+    }
+    pub fn sigmoid(a: Expr) -> Expr {
+        div(c(1.0), add(c(1.0), exp(neg(a))))
+    }
+    /// `if a > b { t } else { f }`
+    pub fn gt(a: Expr, b: Expr, t: Expr, f: Expr) -> Expr {
+        Expr::SelectGt(Box::new(a), Box::new(b), Box::new(t), Box::new(f))
+    }
+    /// `if a == b { t } else { f }`
+    pub fn eq(a: Expr, b: Expr, t: Expr, f: Expr) -> Expr {
+        Expr::SelectEq(Box::new(a), Box::new(b), Box::new(t), Box::new(f))
+    }
 }
 
 /// How a map or reduction reads a buffer: element (i0, i1, …) of the iteration space is at
@@ -183,6 +247,11 @@ pub enum Kernel {
     ScatterAdd { rows: Size, width: usize, ids: Buf, src: Buf, table: Buf, skip: Option<i64> },
     /// Zero `len` elements.
     Zero { buf: Buf, len: Size },
+    /// `out[r] = x[r, ids[r]]` for `rows` rows of `cols` (0 where the id is outside
+    /// `[0, cols)`, e.g. an ignored target).
+    Pick { rows: Size, cols: usize, x: Buf, ids: Buf, out: Buf },
+    /// `dx[r, ids[r]] += g[r]` (skipping ids outside `[0, cols)`).
+    PutAdd { rows: Size, cols: usize, g: Buf, ids: Buf, dx: Buf },
     /// Runs `body` for t = 0, 1, …, count − 1 (or backwards), the time loop of recurrent
     /// layers; accesses inside offset by `t · step`.
     Loop { count: Size, reverse: bool, body: Vec<Kernel> },

@@ -102,6 +102,16 @@ pub fn rewrite_bufs(k: &mut Kernel, f: &mut dyn FnMut(&mut Buf)) {
             f(table);
         }
         Kernel::Zero { buf, .. } => f(buf),
+        Kernel::Pick { x, ids, out, .. } => {
+            f(x);
+            f(ids);
+            f(out);
+        }
+        Kernel::PutAdd { g, ids, dx, .. } => {
+            f(g);
+            f(ids);
+            f(dx);
+        }
         Kernel::Loop { body, .. } => body.iter_mut().for_each(|k| rewrite_bufs(k, f)),
     }
 }

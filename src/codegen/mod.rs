@@ -8,6 +8,7 @@ pub mod emit_kernels;
 pub mod kernel;
 pub mod memory;
 pub mod step;
+pub mod templates;
 pub mod vmath;
 pub mod host;
 pub mod jit;

@@ -304,3 +304,143 @@ fn inline_exp_log_tanh_erf_match_libm() {
         assert!(close(log[i], x.ln(), 3e-7, 1e-7), "log({x}) = {} vs {}", log[i], x.ln());
     }
 }
+
+/// Plans `b`'s temporaries, compiles its kernels and runs them once over `state` (the
+/// buffers the test reads and writes, addressed as `Region::State`) with `ids` as input 0.
+fn run_templates(mut b: super::templates::Builder, state: &mut [f32], ids: &[i64], batch: i64) {
+    let arena_bytes = super::memory::plan(&mut b.kernels, &b.temps, batch, &[]);
+    let mut arena = vec![0.0f32; arena_bytes / 4 + 16];
+    let mut jit = Jit::new().expect("jit");
+    let id = define_step(&mut jit, "t", 0, &b.kernels).expect("define");
+    let code = jit.finish().expect("finish");
+    let step = unsafe { StepFn::new(&code, id) };
+    let inputs = [ids.as_ptr() as *const u8];
+    let seq: [i64; 0] = [];
+    let frame = Frame {
+        state: state.as_mut_ptr() as *mut u8,
+        grad: std::ptr::null_mut(),
+        opt: std::ptr::null_mut(),
+        arena: arena.as_mut_ptr() as *mut u8,
+        out: std::ptr::null_mut(),
+        inputs: inputs.as_ptr(),
+        lengths: std::ptr::null(),
+        scalars: std::ptr::null(),
+        batch,
+        seq: seq.as_ptr(),
+    };
+    unsafe { step.call(&frame) };
+}
+
+fn st(offset_f32: usize) -> Buf {
+    Buf { region: Region::State, offset: offset_f32 * 4, elem: Elem::F32 }
+}
+
+fn logits_fixture(rows: usize, cols: usize) -> Vec<f32> {
+    (0..rows * cols).map(|i| ((i * 37) % 23) as f32 * 0.37 - 4.0).collect()
+}
+
+fn ref_log_softmax(x: &[f32], cols: usize) -> Vec<f32> {
+    x.chunks(cols)
+        .flat_map(|r| {
+            let m = r.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let s: f64 = r.iter().map(|v| ((v - m) as f64).exp()).sum();
+            r.iter().map(move |v| (v - m) - (s.ln() as f32)).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn softmax_family_matches_reference() {
+    use super::templates::*;
+    let (rows, cols) = (5usize, 11usize);
+    let x = logits_fixture(rows, cols);
+    let dy: Vec<f32> = (0..rows * cols).map(|i| ((i * 13) % 7) as f32 * 0.1 - 0.3).collect();
+    let n = rows * cols;
+    let mut state = vec![0.0f32; 6 * n];
+    state[..n].copy_from_slice(&x);
+    state[n..2 * n].copy_from_slice(&dy);
+    let mut b = Builder::default();
+    let r = Size::batch(1);
+    log_softmax_rows(&mut b, st(0), st(2 * n), r, cols);
+    softmax_rows(&mut b, st(0), st(3 * n), r, cols);
+    log_softmax_rows_backward(&mut b, st(2 * n), st(n), st(4 * n), r, cols);
+    softmax_rows_backward(&mut b, st(3 * n), st(n), st(5 * n), r, cols);
+    run_templates(b, &mut state, &[], rows as i64);
+    let lsm = ref_log_softmax(&x, cols);
+    for i in 0..n {
+        assert!((state[2 * n + i] - lsm[i]).abs() < 2e-6, "log_softmax[{i}]");
+        assert!((state[3 * n + i] - lsm[i].exp()).abs() < 2e-6, "softmax[{i}]");
+    }
+    for r in 0..rows {
+        let row = r * cols..(r + 1) * cols;
+        let sum_dy: f32 = dy[row.clone()].iter().sum();
+        let dot: f32 = row.clone().map(|i| dy[i] * lsm[i].exp()).sum();
+        for i in row {
+            let want_l = dy[i] - lsm[i].exp() * sum_dy;
+            let want_s = lsm[i].exp() * (dy[i] - dot);
+            assert!((state[4 * n + i] - want_l).abs() < 2e-6, "log_softmax backward[{i}]");
+            assert!((state[5 * n + i] - want_s).abs() < 2e-6, "softmax backward[{i}]");
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_with_ignore_and_smoothing_matches_reference() {
+    use super::templates::*;
+    let (rows, cols) = (6usize, 5usize);
+    let lsm = ref_log_softmax(&logits_fixture(rows, cols), cols);
+    let ids: Vec<i64> = vec![0, 4, 0, 2, 3, 1];
+    let (ignore, eps) = (0i64, 0.1f32);
+    let n = rows * cols;
+    let mut state = vec![0.0f32; 2 * n + 8];
+    state[..n].copy_from_slice(&lsm);
+    state[2 * n + 2] = 0.25; // upstream gradient g
+    let idbuf = Buf { region: Region::Input(0), offset: 0, elem: Elem::I64 };
+    let mut b = Builder::default();
+    nll_rows(&mut b, st(0), idbuf, Size::batch(1), cols, ignore, eps, st(2 * n), st(2 * n + 1));
+    nll_rows_backward(&mut b, idbuf, Size::batch(1), cols, ignore, eps, st(2 * n + 2), st(n));
+    run_templates(b, &mut state, &ids, rows as i64);
+    let mut total = 0.0f32;
+    let mut count = 0.0f32;
+    for r in 0..rows {
+        if ids[r] == ignore {
+            continue;
+        }
+        let row = &lsm[r * cols..(r + 1) * cols];
+        total += -(1.0 - eps) * row[ids[r] as usize] - eps / cols as f32 * row.iter().sum::<f32>();
+        count += 1.0;
+    }
+    assert!((state[2 * n] - total).abs() < 1e-5, "{} vs {total}", state[2 * n]);
+    assert_eq!(state[2 * n + 1], count);
+    for r in 0..rows {
+        for k in 0..cols {
+            let want = if ids[r] == ignore {
+                0.0
+            } else {
+                -0.25 * ((1.0 - eps) * f32::from(u8::from(k as i64 == ids[r])) + eps / cols as f32)
+            };
+            assert!((state[n + r * cols + k] - want).abs() < 1e-7, "dlogp[{r}, {k}]");
+        }
+    }
+}
+
+#[test]
+fn batch_statistics_match_reference() {
+    use super::templates::*;
+    let (rows, cols) = (7usize, 9usize);
+    let x = logits_fixture(rows, cols);
+    let n = rows * cols;
+    let mut state = vec![0.0f32; n + 2 * cols + 1];
+    state[..n].copy_from_slice(&x);
+    state[n + 2 * cols] = rows as f32;
+    let mut b = Builder::default();
+    batch_stats(&mut b, st(0), Size::batch(1), cols, st(n + 2 * cols), st(n), st(n + cols));
+    run_templates(b, &mut state, &[], rows as i64);
+    for c in 0..cols {
+        let col: Vec<f32> = (0..rows).map(|r| x[r * cols + c]).collect();
+        let mean = col.iter().sum::<f32>() / rows as f32;
+        let var = col.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / rows as f32;
+        assert!((state[n + c] - mean).abs() < 1e-5);
+        assert!((state[n + cols + c] - var).abs() < 1e-5);
+    }
+}
