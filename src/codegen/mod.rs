@@ -5,6 +5,7 @@
 
 pub mod emit;
 pub mod emit_kernels;
+pub mod exec;
 pub mod kernel;
 pub mod memory;
 pub mod step;
