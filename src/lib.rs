@@ -14,5 +14,6 @@ pub mod check;
 pub mod codegen;
 pub mod data;
 pub mod diag;
+pub mod ir;
 pub mod report;
 pub mod syntax;

@@ -13,7 +13,7 @@ mod settings;
 mod values;
 
 pub use model::*;
-pub use values::MAX_PARAMS;
+pub use values::{MAX_PARAMS, broadcast};
 
 use crate::data::{Dtype, Values as DataValues};
 use crate::diag::{Diagnostic, SourceMap, Span};
