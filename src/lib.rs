@@ -10,10 +10,12 @@
 // noise at each `?`.
 #![allow(clippy::result_large_err)]
 
+pub mod autodiff;
 pub mod check;
 pub mod codegen;
 pub mod data;
 pub mod diag;
 pub mod ir;
+pub mod passes;
 pub mod report;
 pub mod syntax;

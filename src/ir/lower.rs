@@ -71,6 +71,8 @@ struct Lowerer<'j> {
     /// state_dict index of each layer's first tensor.
     state_base: Vec<usize>,
     dropout_sites: usize,
+    /// One node per state tensor, so a shared parameter has a single gradient.
+    state_nodes: std::collections::HashMap<usize, NodeId>,
 }
 
 impl Lowerer<'_> {
@@ -94,6 +96,15 @@ impl Lowerer<'_> {
     }
 
     fn state(&mut self, k: usize) -> NodeId {
+        if let Some(n) = self.state_nodes.get(&k) {
+            return *n;
+        }
+        let n = self.new_state(k);
+        self.state_nodes.insert(k, n);
+        n
+    }
+
+    fn new_state(&mut self, k: usize) -> NodeId {
         let t = &self.job_state()[k];
         let shape = t.shape.iter().map(|d| Dim::Fixed(*d)).collect();
         let dtype = if t.role == TensorRole::NumBatchesTracked { Dtype::I64 } else { Dtype::F32 };
@@ -422,7 +433,7 @@ pub fn lower(job: &Job) -> Result<Forward, Unsupported> {
         state_base.push(k);
         k += l.state(i).len();
     }
-    let mut lw = Lowerer { job, g: Graph::default(), value: vec![None; job.nodes.len()], state_base, dropout_sites: 0 };
+    let mut lw = Lowerer { job, g: Graph::default(), value: vec![None; job.nodes.len()], state_base, dropout_sites: 0, state_nodes: Default::default() };
     let mut terms = Vec::new();
     let (formula, loss) = lw.formula(job.loss, &mut terms)?;
     let mut metrics = Vec::new();
