@@ -30,6 +30,8 @@ pub struct Frame {
     pub batch: i64,
     /// Padded length per sequence dimension for this batch.
     pub seq: *const i64,
+    /// The dropout generator's key for this step (see `kernel::dropout_keep`).
+    pub rng_key: u64,
 }
 
 const FRAME_STATE: i32 = 0;
@@ -42,6 +44,7 @@ const FRAME_LENGTHS: i32 = 48;
 const FRAME_SCALARS: i32 = 56;
 const FRAME_BATCH: i32 = 64;
 const FRAME_SEQ: i32 = 72;
+const FRAME_KEY: i32 = 80;
 
 /// Values loaded from the frame at function entry.
 #[derive(Clone)]
@@ -58,6 +61,7 @@ pub struct Env {
     pub batch: Value,
     seq_ptr: Value,
     seq: Vec<Value>,
+    key: Value,
     /// The index of the enclosing time loop, if any.
     loop_var: Option<Value>,
 }
@@ -81,7 +85,8 @@ impl Env {
         let batch = b.ins().load(types::I64, trusted(), frame, FRAME_BATCH);
         let seq_ptr = ld(b, FRAME_SEQ);
         let seq = (0..seq_dims).map(|k| b.ins().load(types::I64, trusted(), seq_ptr, (k * 8) as i32)).collect();
-        Env { ptr, state, grad, opt, arena, out, inputs, lengths, scalars, batch, seq_ptr, seq, loop_var: None }
+        let key = b.ins().load(types::I64, trusted(), frame, FRAME_KEY);
+        Env { ptr, state, grad, opt, arena, out, inputs, lengths, scalars, batch, seq_ptr, seq, key, loop_var: None }
     }
 
     /// A runtime size as an `i64` value.
@@ -166,6 +171,7 @@ pub fn emit(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, k: &Kerne
         }
         Kernel::Pick { rows, cols, x, ids, out } => emit_pick(b, env, *rows, *cols, *x, *ids, *out, false),
         Kernel::PutAdd { rows, cols, g, ids, dx } => emit_pick(b, env, *rows, *cols, *dx, *ids, *g, true),
+        Kernel::DropoutMask { len, p, site, out } => emit_dropout(b, env, *len, *p, *site, *out),
         Kernel::Loop { count, reverse, body } => {
             let n = env.size(b, *count);
             let zero = b.ins().iconst(types::I64, 0);
@@ -241,8 +247,19 @@ fn vectorizable(accesses: &[&Access], exprs: &[&Expr]) -> bool {
         Elem::F32 => a.strides.last().is_none_or(unit),
         Elem::I64 | Elem::I32 => is_zero_stride(a.strides.last()),
     };
-    let _ = exprs;
-    accesses.iter().all(ok)
+    accesses.iter().all(ok) && exprs.iter().all(|e| !uses_inner_index(e))
+}
+
+fn uses_inner_index(e: &Expr) -> bool {
+    match e {
+        Expr::InnerIndex => true,
+        Expr::In(_) | Expr::Const(_) | Expr::Scalar(_) | Expr::LoopVar => false,
+        Expr::Neg(a) | Expr::Sqrt(a) | Expr::Abs(a) | Expr::Exp(a) | Expr::Log(a) | Expr::Tanh(a) | Expr::Erf(a) => uses_inner_index(a),
+        Expr::Add(a, b) | Expr::Sub(a, b) | Expr::Mul(a, b) | Expr::Div(a, b) | Expr::Max(a, b) | Expr::Min(a, b) => {
+            uses_inner_index(a) || uses_inner_index(b)
+        }
+        Expr::SelectGt(a, b, c, d) | Expr::SelectEq(a, b, c, d) => [a, b, c, d].iter().any(|x| uses_inner_index(x)),
+    }
 }
 
 /// Walks the loop nest over `shape`, calling `inner(b, pointers, lane_type)` at each innermost
@@ -253,7 +270,7 @@ fn loop_nest(
     shape: &[Size],
     cursors: &[Cursor],
     vector: bool,
-    inner: &mut dyn FnMut(&mut FunctionBuilder, &[Value], Type),
+    inner: &mut dyn FnMut(&mut FunctionBuilder, &[Value], Type, Value),
 ) {
     let extents: Vec<Value> = shape.iter().map(|s| env.size(b, *s)).collect();
     let starts: Vec<Value> = cursors.iter().map(|c| c.base).collect();
@@ -267,10 +284,11 @@ fn nest(
     axis: usize,
     ptrs: &[Value],
     vector: bool,
-    inner: &mut dyn FnMut(&mut FunctionBuilder, &[Value], Type),
+    inner: &mut dyn FnMut(&mut FunctionBuilder, &[Value], Type, Value),
 ) {
     if extents.is_empty() {
-        inner(b, ptrs, types::F32);
+        let zero = b.ins().iconst(types::I64, 0);
+        inner(b, ptrs, types::F32, zero);
         return;
     }
     let zero = b.ins().iconst(types::I64, 0);
@@ -297,7 +315,7 @@ fn nest(
         let vec_end = b.ins().band_imm_s(n, !3i64);
         counted_loop(b, types::I64, zero, vec_end, 4, |b, i| {
             let p = at(b, i);
-            inner(b, &p, types::F32X4);
+            inner(b, &p, types::F32X4, i);
         });
         vec_end
     } else {
@@ -305,7 +323,7 @@ fn nest(
     };
     counted_loop(b, types::I64, scalar_from, n, 1, |b, i| {
         let p = at(b, i);
-        inner(b, &p, types::F32);
+        inner(b, &p, types::F32, i);
     });
 }
 
@@ -335,14 +353,18 @@ fn splat_const(b: &mut FunctionBuilder, lane: Type, v: f32) -> Value {
     if lane == types::F32 { c } else { b.ins().splat(lane, c) }
 }
 
-fn eval_expr(b: &mut FunctionBuilder, e: &Expr, lane: Type, inputs: &[Value], env: &Env, imports: &mut Imports) -> Value {
-    let rec = |b: &mut FunctionBuilder, x: &Expr, imports: &mut Imports| eval_expr(b, x, lane, inputs, env, imports);
+fn eval_expr(b: &mut FunctionBuilder, e: &Expr, lane: Type, inputs: &[Value], index: Value, env: &Env, imports: &mut Imports) -> Value {
+    let rec = |b: &mut FunctionBuilder, x: &Expr, imports: &mut Imports| eval_expr(b, x, lane, inputs, index, env, imports);
     match e {
         Expr::In(k) => inputs[*k],
         Expr::Const(c) => splat_const(b, lane, *c),
         Expr::Scalar(s) => {
             let v = env.scalar(b, *s);
             if lane == types::F32 { v } else { b.ins().splat(lane, v) }
+        }
+        Expr::InnerIndex => {
+            let f = b.ins().fcvt_from_sint(types::F32, index);
+            if lane == types::F32 { f } else { b.ins().splat(lane, f) }
         }
         Expr::LoopVar => {
             let v = env.loop_index_f32(b);
@@ -409,10 +431,10 @@ fn emit_map(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, shape: &[
     let curs = cursors(b, env, &all);
     let broadcast: Vec<bool> = all.iter().map(|a| is_zero_stride(a.strides.last())).collect();
     let n_in = inputs.len();
-    loop_nest(b, env, shape, &curs, vector, &mut |b, ptrs, lane| {
+    loop_nest(b, env, shape, &curs, vector, &mut |b, ptrs, lane, index| {
         let vals: Vec<Value> = (0..n_in).map(|k| load(b, &curs[k], ptrs[k], lane, broadcast[k])).collect();
         for (j, (_, e)) in outputs.iter().enumerate() {
-            let v = eval_expr(b, e, lane, &vals, env, imports);
+            let v = eval_expr(b, e, lane, &vals, index, env, imports);
             b.ins().store(mem(), v, ptrs[n_in + j], 0);
         }
     });
@@ -423,6 +445,7 @@ fn emit_reduce(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, shape:
     let identity = match op {
         ReduceOp::Sum => 0.0,
         ReduceOp::Max => f32::NEG_INFINITY,
+        ReduceOp::Min => f32::INFINITY,
     };
     if init {
         // The output's own index space: the reduced axes (zero stride) collapse to extent 1.
@@ -438,13 +461,14 @@ fn emit_reduce(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, shape:
     let curs = cursors(b, env, &all);
     let broadcast: Vec<bool> = all.iter().map(|a| is_zero_stride(a.strides.last())).collect();
     let n_in = inputs.len();
-    loop_nest(b, env, shape, &curs, vector, &mut |b, ptrs, lane| {
+    loop_nest(b, env, shape, &curs, vector, &mut |b, ptrs, lane, index| {
         let vals: Vec<Value> = (0..n_in).map(|k| load(b, &curs[k], ptrs[k], lane, broadcast[k])).collect();
-        let v = eval_expr(b, expr, lane, &vals, env, imports);
+        let v = eval_expr(b, expr, lane, &vals, index, env, imports);
         let old = b.ins().load(lane, mem(), ptrs[n_in], 0);
         let new = match op {
             ReduceOp::Sum => b.ins().fadd(old, v),
             ReduceOp::Max => select_cmp(b, lane, FloatCC::GreaterThan, v, old, v, old),
+            ReduceOp::Min => select_cmp(b, lane, FloatCC::LessThan, v, old, v, old),
         };
         b.ins().store(mem(), new, ptrs[n_in], 0);
     });
@@ -492,6 +516,44 @@ fn emit_pick(b: &mut FunctionBuilder, env: &Env, rows: Size, cols: usize, m: Buf
         }
         b.ins().jump(done, &[]);
         b.switch_to_block(done);
+    });
+}
+
+/// SplitMix64's finaliser in Cranelift (see `kernel::mix64`).
+fn mix64(b: &mut FunctionBuilder, z: Value) -> Value {
+    let t = b.ins().ushr_imm_s(z, 30);
+    let z = b.ins().bxor(z, t);
+    let z = b.ins().imul_imm_s(z, 0xbf58_476d_1ce4_e5b9_u64 as i64);
+    let t = b.ins().ushr_imm_s(z, 27);
+    let z = b.ins().bxor(z, t);
+    let z = b.ins().imul_imm_s(z, 0x94d0_49bb_1331_11eb_u64 as i64);
+    let t = b.ins().ushr_imm_s(z, 31);
+    b.ins().bxor(z, t)
+}
+
+/// `out[i] = keep(i) ? 1/(1−p) : 0` with `kernel::dropout_keep`'s generator.
+fn emit_dropout(b: &mut FunctionBuilder, env: &Env, len: Size, p: f32, site: u64, out: Buf) {
+    let n = env.size(b, len);
+    let base = env.base(b, out);
+    let zero = b.ins().iconst(types::I64, 0);
+    let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
+    counted_loop(b, types::I64, zero, n, 1, |b, i| {
+        let k = b.ins().iadd_imm_s(i, (site << 40) as i64);
+        let h = mix64(b, k);
+        let h = b.ins().bxor(env.key, h);
+        let h = mix64(b, h);
+        let top = b.ins().ushr_imm_s(h, 40);
+        let f = b.ins().fcvt_from_uint(types::F32, top);
+        let unit = b.ins().f32const(1.0 / 16_777_216.0);
+        let u = b.ins().fmul(f, unit);
+        let pv = b.ins().f32const(p);
+        let keep = b.ins().fcmp(FloatCC::GreaterThanOrEqual, u, pv);
+        let s = b.ins().f32const(scale);
+        let z = b.ins().f32const(0.0);
+        let v = b.ins().select(keep, s, z);
+        let off = b.ins().ishl_imm_s(i, 2);
+        let ptr = b.ins().iadd(base, off);
+        b.ins().store(mem(), v, ptr, 0);
     });
 }
 

@@ -57,6 +57,8 @@ pub struct BatchView<'a> {
     pub lengths: &'a [*const i32],
     pub rows: usize,
     pub seq: &'a [i64],
+    /// The dropout key for this step and micro-batch.
+    pub rng_key: u64,
 }
 
 pub struct Executable {
@@ -126,6 +128,7 @@ impl Executable {
             scalars: self.scalars.as_ptr(),
             batch: batch.rows as i64,
             seq: batch.seq.as_ptr(),
+            rng_key: batch.rng_key,
         };
         // SAFETY: every region is allocated at the layout's sizes and the arena at the
         // planned size for batches up to max_rows/max_seq, checked above.

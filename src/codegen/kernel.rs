@@ -107,6 +107,9 @@ pub enum Expr {
     Scalar(ScalarSlot),
     /// The enclosing [`Kernel::Loop`]'s step index `t`, as f32.
     LoopVar,
+    /// The index along the innermost axis of the iteration space, as f32 (arg-max and
+    /// top-k need column numbers). Loops using it run scalar.
+    InnerIndex,
     Neg(Box<Expr>),
     Add(Box<Expr>, Box<Expr>),
     Sub(Box<Expr>, Box<Expr>),
@@ -217,6 +220,7 @@ impl Access {
 pub enum ReduceOp {
     Sum,
     Max,
+    Min,
 }
 
 /// A strided matrix view: element (r, c) at `buf + r·rs + c·cs` (elements), and for batched
@@ -252,7 +256,26 @@ pub enum Kernel {
     Pick { rows: Size, cols: usize, x: Buf, ids: Buf, out: Buf },
     /// `dx[r, ids[r]] += g[r]` (skipping ids outside `[0, cols)`).
     PutAdd { rows: Size, cols: usize, g: Buf, ids: Buf, dx: Buf },
+    /// Dropout's keep-and-scale mask: `out[i] = 1/(1−p)` when the counter-based hash of
+    /// (frame key, site, i) clears `p`, else 0 — see [`dropout_keep`].
+    DropoutMask { len: Size, p: f32, site: u64, out: Buf },
     /// Runs `body` for t = 0, 1, …, count − 1 (or backwards), the time loop of recurrent
     /// layers; accesses inside offset by `t · step`.
     Loop { count: Size, reverse: bool, body: Vec<Kernel> },
+}
+
+/// SplitMix64's finaliser: a bijective mix with good avalanche.
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The dropout generator, shared by generated code and tests: element `i` of dropout site
+/// `site` is kept when the top 24 bits of `mix64(key ^ mix64(site · 2^40 + i))`, as a
+/// fraction of 2^24, are at least `p`. `key` mixes the seed's dropout stream, the optimizer
+/// step and the micro-batch (the runtime computes it per step).
+pub fn dropout_keep(key: u64, site: u64, i: u64, p: f32) -> bool {
+    let h = mix64(key ^ mix64((site << 40).wrapping_add(i)));
+    ((h >> 40) as f32) * (1.0 / 16_777_216.0) >= p
 }

@@ -112,6 +112,7 @@ pub fn rewrite_bufs(k: &mut Kernel, f: &mut dyn FnMut(&mut Buf)) {
             f(ids);
             f(dx);
         }
+        Kernel::DropoutMask { out, .. } => f(out),
         Kernel::Loop { body, .. } => body.iter_mut().for_each(|k| rewrite_bufs(k, f)),
     }
 }

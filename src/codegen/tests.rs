@@ -79,6 +79,7 @@ fn run(kernels: &[Kernel], arena: &mut [f32], ids: &[i64], batch: i64, scalars: 
         scalars: scalars.as_ptr(),
         batch,
         seq: seq.as_ptr(),
+        rng_key: 0,
     };
     unsafe { step.call(&frame) };
 }
@@ -251,6 +252,7 @@ fn time_loop_steps_accesses_and_masks_by_length() {
         scalars: std::ptr::null(),
         batch: 2,
         seq: seqs.as_ptr(),
+        rng_key: 0,
     };
     unsafe { step.call(&frame) };
     assert_eq!(&mem[10..12], &[6.0, 10.0]);
@@ -327,6 +329,7 @@ fn run_templates(mut b: super::templates::Builder, state: &mut [f32], ids: &[i64
         scalars: std::ptr::null(),
         batch,
         seq: seq.as_ptr(),
+        rng_key: 0,
     };
     unsafe { step.call(&frame) };
 }
@@ -443,4 +446,36 @@ fn batch_statistics_match_reference() {
         assert!((state[n + c] - mean).abs() < 1e-5);
         assert!((state[n + cols + c] - var).abs() < 1e-5);
     }
+}
+
+#[test]
+fn dropout_mask_matches_the_documented_generator() {
+    let n = 1000usize;
+    let mut mem = vec![0.0f32; n];
+    let k = Kernel::DropoutMask { len: Size::fixed(n as i64), p: 0.25, site: 3, out: arena(0) };
+    let mut jit = Jit::new().expect("jit");
+    let id = define_step(&mut jit, "mask", 0, &[k]).expect("define");
+    let code = jit.finish().expect("finish");
+    let step = unsafe { StepFn::new(&code, id) };
+    let seq: [i64; 0] = [];
+    let frame = Frame {
+        state: std::ptr::null_mut(),
+        grad: std::ptr::null_mut(),
+        opt: std::ptr::null_mut(),
+        arena: mem.as_mut_ptr() as *mut u8,
+        out: std::ptr::null_mut(),
+        inputs: std::ptr::null(),
+        lengths: std::ptr::null(),
+        scalars: std::ptr::null(),
+        batch: 1,
+        seq: seq.as_ptr(),
+        rng_key: 0x1234_5678_9abc,
+    };
+    unsafe { step.call(&frame) };
+    let kept = mem.iter().filter(|v| **v != 0.0).count();
+    for (i, v) in mem.iter().enumerate() {
+        let want = if super::kernel::dropout_keep(0x1234_5678_9abc, 3, i as u64, 0.25) { 1.0 / 0.75 } else { 0.0 };
+        assert_eq!(*v, want, "element {i}");
+    }
+    assert!((700..800).contains(&kept), "kept {kept} of 1000 at p = 0.25");
 }
