@@ -195,3 +195,60 @@ pub fn batch_stats(b: &mut Builder, x: Buf, rows: Size, cols: usize, count: Buf,
     });
     b.push(Kernel::Map { shape: vec![Size::fixed(cols as i64)], inputs: vec![vector(var), scalar(count, 1)], outputs: vec![(vector(var), div(input(0), input(1)))] });
 }
+
+/// Per row `out[r] = −(1 − ε)·logp[r, y_r] − (ε/C)·Σ_c logp[r, c]`, 0 where `y_r == ignore`.
+#[allow(clippy::too_many_arguments)]
+pub fn nll_per_row(b: &mut Builder, logp: Buf, ids: Buf, rows: Size, cols: usize, ignore: i64, eps: f32, out: Buf) {
+    let picked = b.temp(Elem::F32, rows);
+    b.push(Kernel::Pick { rows, cols, x: logp, ids, out: picked });
+    let counted = |e: Expr| eq(input(1), c(ignore as f32), c(0.0), e);
+    if eps != 0.0 {
+        let all = b.temp(Elem::F32, rows);
+        b.push(Kernel::Reduce { shape: space(rows, cols), inputs: vec![mat(logp, cols)], expr: input(0), op: ReduceOp::Sum, out: per_row(all), init: true });
+        b.push(Kernel::Map {
+            shape: vec![rows],
+            inputs: vec![vector(picked), vector(ids), vector(all)],
+            outputs: vec![(vector(out), counted(neg(add(mul(c(1.0 - eps), input(0)), mul(c(eps / cols as f32), input(2))))))],
+        });
+    } else {
+        b.push(Kernel::Map { shape: vec![rows], inputs: vec![vector(picked), vector(ids)], outputs: vec![(vector(out), counted(neg(input(0))))] });
+    }
+}
+
+/// Gradient of [`nll_per_row`] given the per-row upstream gradient `g`:
+/// `dlogp[r, c] = −g_r·((1 − ε)·[c = y_r] + ε/C)`, 0 on ignored rows.
+#[allow(clippy::too_many_arguments)]
+pub fn nll_per_row_backward(b: &mut Builder, ids: Buf, rows: Size, cols: usize, ignore: i64, eps: f32, g: Buf, dlogp: Buf) {
+    b.push(Kernel::Map {
+        shape: space(rows, cols),
+        inputs: vec![per_row(g), per_row(ids)],
+        outputs: vec![(mat(dlogp, cols), eq(input(1), c(ignore as f32), c(0.0), mul(neg(input(0)), c(eps / cols as f32))))],
+    });
+    let masked = b.temp(Elem::F32, rows);
+    b.push(Kernel::Map {
+        shape: vec![rows],
+        inputs: vec![vector(g), vector(ids)],
+        outputs: vec![(vector(masked), eq(input(1), c(ignore as f32), c(0.0), mul(neg(input(0)), c(1.0 - eps))))],
+    });
+    b.push(Kernel::PutAdd { rows, cols, g: masked, ids, dx: dlogp });
+}
+
+/// Per row 1 when class `y_r` ranks among the `k` best scores, else 0. A class's rank counts
+/// the scores above it and the equal scores at lower indices, so `k = 1` is arg-max with
+/// ties resolved to the first index (as `torch.argmax`).
+pub fn top_k_hits(b: &mut Builder, x: Buf, ids: Buf, rows: Size, cols: usize, k: usize, out: Buf) {
+    let picked = b.temp(Elem::F32, rows);
+    b.push(Kernel::Pick { rows, cols, x, ids, out: picked });
+    let rank = b.temp(Elem::F32, rows);
+    let above = gt(input(0), input(1), c(1.0), c(0.0));
+    let tie_before = eq(input(0), input(1), gt(input(2), Expr::InnerIndex, c(1.0), c(0.0)), c(0.0));
+    b.push(Kernel::Reduce {
+        shape: space(rows, cols),
+        inputs: vec![mat(x, cols), per_row(picked), per_row(ids)],
+        expr: add(above, tie_before),
+        op: ReduceOp::Sum,
+        out: per_row(rank),
+        init: true,
+    });
+    b.push(Kernel::Map { shape: vec![rows], inputs: vec![vector(rank)], outputs: vec![(vector(out), gt(c(k as f32 - 0.5), input(0), c(1.0), c(0.0)))] });
+}

@@ -21,8 +21,26 @@ pub enum Runtime {
     FirstStep,
     /// The batch size `B` as f32.
     BatchRows,
-    /// The dropout stream's key for this step (seed, step and micro-batch mixed), as bits.
-    DropoutKey,
+    /// AdamW: `1 − lr·weight_decay`, computed in f64 like PyTorch's Python scalar.
+    DecayFactor,
+}
+
+impl Runtime {
+    /// Every runtime scalar, in slot order.
+    pub const ALL: [Runtime; 7] = [
+        Runtime::Lr,
+        Runtime::AccumScale,
+        Runtime::AdamStepSize,
+        Runtime::AdamBias2Sqrt,
+        Runtime::FirstStep,
+        Runtime::BatchRows,
+        Runtime::DecayFactor,
+    ];
+
+    /// The scalar slot the runtime writes this value to.
+    pub fn slot(self) -> usize {
+        Runtime::ALL.iter().position(|r| *r == self).expect("listed")
+    }
 }
 
 /// A per-element (or per-row) function of its operands, with PyTorch broadcasting.
