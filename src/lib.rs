@@ -18,4 +18,5 @@ pub mod diag;
 pub mod ir;
 pub mod passes;
 pub mod report;
+pub mod runtime;
 pub mod syntax;

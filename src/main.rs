@@ -21,6 +21,51 @@ enum Command {
         /// The .train file.
         file: PathBuf,
     },
+    /// Train a job: compile its train and eval steps and run the training loop.
+    Run {
+        /// The .train file.
+        file: PathBuf,
+        /// Override the file's `epochs`.
+        #[arg(long)]
+        epochs: Option<u64>,
+        /// Start from these weights (safetensors, PyTorch state_dict names) instead of random ones.
+        #[arg(long, value_name = "W.safetensors")]
+        init: Option<PathBuf>,
+        /// Write the final weights here (after every epoch, atomically).
+        #[arg(long, value_name = "W.safetensors")]
+        save: Option<PathBuf>,
+        /// Write one JSON line per step and per epoch here.
+        #[arg(long, value_name = "M.jsonl")]
+        metrics: Option<PathBuf>,
+        /// Override the file's `seed`.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print only errors.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Evaluate given weights on the job's eval set.
+    Eval {
+        /// The .train file.
+        file: PathBuf,
+        /// The weights to evaluate (safetensors).
+        #[arg(long, value_name = "W.safetensors")]
+        weights: PathBuf,
+        /// Print the `eval_*` values as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the initial weights `kpc run` would start from.
+    Init {
+        /// The .train file.
+        file: PathBuf,
+        /// Where to write them (safetensors).
+        #[arg(short = 'o', long = "output", value_name = "W.safetensors")]
+        output: PathBuf,
+        /// Override the file's `seed`.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Print a compiled program of a job, one node per line (or as Graphviz DOT).
     Graph {
         /// The .train file.
@@ -57,6 +102,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { file } => check(&file),
+        Command::Run { file, epochs, init, save, metrics, seed, quiet } => {
+            run(&file, kpc::runtime::train::RunOptions { epochs, seed, init, save, metrics, quiet })
+        }
+        Command::Eval { file, weights, json } => eval(&file, &weights, json),
+        Command::Init { file, output, seed } => init(&file, &output, seed),
         Command::Graph { file, mode, format } => graph(&file, mode, format),
     };
     match result {
@@ -117,4 +167,31 @@ fn graph(file: &std::path::Path, mode: GraphMode, format: GraphFormat) -> Result
         });
     }
     Ok(())
+}
+
+fn run(file: &std::path::Path, opts: kpc::runtime::train::RunOptions) -> Result<(), Failure> {
+    let (job, sources) = load(file)?;
+    match kpc::runtime::train::run(&job, &opts) {
+        Ok(_) => Ok(()),
+        Err(d) => Err(Failure { diags: vec![d], sources }),
+    }
+}
+
+fn eval(file: &std::path::Path, weights: &std::path::Path, json: bool) -> Result<(), Failure> {
+    let (job, sources) = load(file)?;
+    let results = kpc::runtime::train::eval_only(&job, weights).map_err(|d| Failure { diags: vec![d], sources })?;
+    let text = if json {
+        let fields: Vec<String> = results.iter().map(|(k, v)| format!("\"{k}\":{}", kpc::runtime::train::json_f32(*v as f32))).collect();
+        format!("{{{}}}\n", fields.join(","))
+    } else {
+        results.iter().map(|(k, v)| format!("{k} {v:.4}\n")).collect()
+    };
+    print(&text);
+    Ok(())
+}
+
+fn init(file: &std::path::Path, output: &std::path::Path, seed: Option<u64>) -> Result<(), Failure> {
+    let (job, sources) = load(file)?;
+    let values = kpc::runtime::state::init(&job, seed.unwrap_or(job.train.seed));
+    kpc::runtime::state::save(&job, &values, output).map_err(|d| Failure { diags: vec![d], sources })
 }

@@ -1,0 +1,158 @@
+//! A job compiled to native code: its programs scheduled and JIT-compiled into one
+//! [`Executable`], with the layout that maps state tensors and outputs to memory.
+
+use crate::check::Job;
+use crate::codegen::exec::{BatchView, Executable, Layout};
+use crate::codegen::schedule::{StateLayout, schedule};
+use crate::data::{Table, Values};
+use crate::diag::Diagnostic;
+use crate::ir::op::Runtime;
+use crate::passes::programs::{Programs, build};
+use crate::runtime::state::StateValues;
+use std::time::Instant;
+
+pub struct CompiledJob {
+    pub programs: Programs,
+    pub layout: StateLayout,
+    pub exec: Executable,
+    /// Program indices in `exec`: train (1 or 2 programs), then eval.
+    pub train: Vec<usize>,
+    pub eval: Option<usize>,
+    pub compile_ms: f64,
+}
+
+/// The longest sequence of each named dimension over train and eval data (arena planning).
+fn max_lengths(job: &Job, layout: &StateLayout) -> Vec<i64> {
+    layout
+        .seq_names
+        .iter()
+        .map(|name| {
+            let mut longest = 0usize;
+            for input in job.inputs.iter().filter(|i| i.ty.seq().is_some_and(|(n, _)| n == name)) {
+                for table in [Some(&job.data.train), job.data.eval.as_ref()].into_iter().flatten() {
+                    if let Values::Seq { offsets, .. } = &table.fields[input.field].values {
+                        longest = longest.max(offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0));
+                    }
+                }
+            }
+            longest as i64
+        })
+        .collect()
+}
+
+/// Builds, schedules and compiles every program of `job`.
+pub fn compile(job: &Job) -> Result<CompiledJob, Diagnostic> {
+    let t0 = Instant::now();
+    let programs = build(job).map_err(|u| Diagnostic::at(u.span, u.what, "not supported yet"))?;
+    let layout = StateLayout::new(job, &programs.opt_slots);
+    let mut specs = Vec::new();
+    let bug = |e: crate::codegen::jit::CodegenError| Diagnostic::error(format!("internal compiler error: {e}")).with_note("this is a bug in kpc; please report it with the .train file");
+    for p in &programs.train {
+        specs.push(schedule(p, job, &layout).map_err(bug)?);
+    }
+    let train: Vec<usize> = (0..specs.len()).collect();
+    let eval = match &programs.eval {
+        Some(p) => {
+            specs.push(schedule(p, job, &layout).map_err(bug)?);
+            Some(specs.len() - 1)
+        }
+        None => None,
+    };
+    let exec_layout = Layout {
+        state: layout.state_len,
+        grad: layout.state_len,
+        opt: layout.opt_len,
+        out: programs.outputs.len,
+        scalars: Runtime::ALL.len(),
+        seq_dims: layout.seq_names.len(),
+    };
+    let max_rows = job.train.batch_size.min(job.data.train.rows.max(job.data.eval.as_ref().map_or(0, |e| e.rows))).max(1);
+    let max_seq = max_lengths(job, &layout);
+    let exec = Executable::compile(exec_layout, specs, max_rows, max_seq).map_err(bug)?;
+    Ok(CompiledJob { programs, layout, exec, train, eval, compile_ms: t0.elapsed().as_secs_f64() * 1e3 })
+}
+
+impl CompiledJob {
+    /// Copies state values into the executable's state region.
+    pub fn set_state(&mut self, v: &StateValues) {
+        let state = self.exec.state.as_mut_slice();
+        for (k, t) in v.tensors.iter().enumerate() {
+            let off = self.layout.offset[k];
+            state[off..off + t.len()].copy_from_slice(t);
+        }
+    }
+
+    /// Reads the state back (for `--save`).
+    pub fn state(&self, batches_tracked: i64) -> StateValues {
+        let state = self.exec.state.as_slice();
+        let tensors = (0..self.layout.offset.len()).map(|k| state[self.layout.offset[k]..self.layout.offset[k] + self.layout.numel[k]].to_vec()).collect();
+        StateValues { tensors, batches_tracked }
+    }
+
+    pub fn set_scalar(&mut self, r: Runtime, v: f64) {
+        self.exec.scalars[r.slot()] = v as f32;
+    }
+
+    pub fn output(&self, slot: usize) -> f32 {
+        self.exec.out.as_slice()[slot]
+    }
+}
+
+/// Contiguous batch buffers, allocated once for the largest batch and reused every step.
+pub struct BatchBuffers {
+    f32s: Vec<Vec<f32>>,
+    i64s: Vec<Vec<i64>>,
+    /// Per input: (is i64, index into the typed buffers, values per row).
+    slots: Vec<(bool, usize, usize)>,
+    ptrs: Vec<*const u8>,
+}
+
+impl BatchBuffers {
+    pub fn new(job: &Job, max_rows: usize) -> Result<BatchBuffers, Diagnostic> {
+        let mut b = BatchBuffers { f32s: Vec::new(), i64s: Vec::new(), slots: Vec::new(), ptrs: Vec::new() };
+        for input in &job.inputs {
+            match &job.data.train.fields[input.field].values {
+                Values::F32 { shape, .. } => {
+                    let w = shape.iter().product::<usize>().max(1);
+                    b.f32s.push(vec![0.0; max_rows * w]);
+                    b.slots.push((false, b.f32s.len() - 1, w));
+                }
+                Values::I64 { shape, .. } => {
+                    let w = shape.iter().product::<usize>().max(1);
+                    b.i64s.push(vec![0; max_rows * w]);
+                    b.slots.push((true, b.i64s.len() - 1, w));
+                }
+                Values::Seq { .. } => {
+                    return Err(Diagnostic::at(input.span, "variable-length inputs are not supported by the training loop yet", "a sequence input"));
+                }
+            }
+        }
+        Ok(b)
+    }
+
+    /// Gathers `rows` of `table` into the buffers and returns the batch view.
+    pub fn fill<'a>(&'a mut self, job: &Job, table: &Table, rows: &[usize], rng_key: u64) -> BatchView<'a> {
+        for (input, &(is_i64, k, w)) in job.inputs.iter().zip(&self.slots) {
+            match (&table.fields[input.field].values, is_i64) {
+                (Values::F32 { data, .. }, false) => {
+                    let dst = &mut self.f32s[k];
+                    for (i, r) in rows.iter().enumerate() {
+                        dst[i * w..(i + 1) * w].copy_from_slice(&data[r * w..(r + 1) * w]);
+                    }
+                }
+                (Values::I64 { data, .. }, true) => {
+                    let dst = &mut self.i64s[k];
+                    for (i, r) in rows.iter().enumerate() {
+                        dst[i * w..(i + 1) * w].copy_from_slice(&data[r * w..(r + 1) * w]);
+                    }
+                }
+                _ => unreachable!("train and eval fields have the same kind"),
+            }
+        }
+        self.ptrs.clear();
+        for &(is_i64, k, _) in &self.slots {
+            self.ptrs.push(if is_i64 { self.i64s[k].as_ptr() as *const u8 } else { self.f32s[k].as_ptr() as *const u8 });
+        }
+        BatchView { inputs: &self.ptrs, lengths: &[], rows: rows.len(), seq: &[], rng_key }
+    }
+}
