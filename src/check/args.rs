@@ -85,12 +85,12 @@ pub struct Bound<'e> {
 }
 
 impl<'e> Bound<'e> {
-    fn index(&self, name: &str) -> usize {
-        self.params.iter().position(|p| p.name == name).unwrap_or_else(|| panic!("signature of `{}` has no `{name}`", self.callee))
-    }
-
+    /// The argument given for parameter `name`; `None` when omitted (or, a bug caught in
+    /// debug builds, when the signature has no such parameter).
     pub fn expr(&self, name: &str) -> Option<&'e Expr> {
-        self.slots[self.index(name)]
+        let i = self.params.iter().position(|p| p.name == name);
+        debug_assert!(i.is_some(), "signature of `{}` has no `{name}`", self.callee);
+        i.and_then(|i| self.slots[i])
     }
 
     /// The span to blame for parameter `name`: its argument, or the call.

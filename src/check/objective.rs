@@ -122,7 +122,8 @@ impl Objective<'_, '_> {
         let kind = match f {
             "cross_entropy" | "nll" => {
                 let ignore_index = typed(&b, "ignore_index")?.map_or(Ok(-100), |t| t.int())?;
-                let label_smoothing = match typed(&b, "label_smoothing")? {
+                let smoothing = if f == "cross_entropy" { typed(&b, "label_smoothing")? } else { None };
+                let label_smoothing = match smoothing {
                     None => 0.0,
                     Some(t) => {
                         let v = t.float()?;

@@ -123,7 +123,7 @@ def job_iris_sgd_nesterov():
 
 
 def job_digits_adam_bn():
-    m = Seq(lambda s, x: s.fc2(torch.relu(s.bn1(s.fc1(x / 16)))), fc1=nn.Linear(64, 32), bn1=nn.BatchNorm1d(32), fc2=nn.Linear(32, 10))
+    m = Seq(lambda s, x: s.fc2(torch.relu(s.bn1(s.fc1(x / 16)))), fc1=nn.Linear(64, 32, bias=False), bn1=nn.BatchNorm1d(32), fc2=nn.Linear(32, 10))
     return dict(
         module=m,
         train=read_csv("digits_train.csv", "rest", "label", "i64"),
