@@ -46,3 +46,106 @@ fn help_exists_for_every_subcommand() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: kpc check"));
 }
+
+fn run_with_metrics(example: &str, seed: &str, out: &std::path::Path) -> std::process::Output {
+    kpc(&["run", example, "--seed", seed, "--metrics", out.to_str().expect("utf-8 path"), "--quiet"])
+}
+
+/// The metrics log without timing fields (seconds, samples/s, compile ms).
+fn without_timings(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .expect("metrics file")
+        .lines()
+        .filter(|l| !l.contains("\"kind\":\"compile\""))
+        .map(|l| l.split(",\"seconds\"").next().expect("prefix").to_string())
+        .collect()
+}
+
+fn final_eval(path: &std::path::Path, key: &str) -> f64 {
+    let last = std::fs::read_to_string(path).expect("metrics").lines().rfind(|l| l.contains("\"kind\":\"epoch\"")).expect("an epoch").to_string();
+    let v: serde_json::Value = serde_json::from_str(&last).expect("json");
+    v[key].as_f64().expect("metric")
+}
+
+#[test]
+fn dense_examples_reach_their_accuracy_floors() {
+    let dir = std::env::temp_dir().join(format!("kpc-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    for (example, floor) in [("iris", 0.90), ("digits_mlp", 0.95), ("breast_cancer", 0.94)] {
+        let m = dir.join(format!("{example}.jsonl"));
+        let out = run_with_metrics(&format!("examples/{example}.train"), "0", &m);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout.is_empty(), "--quiet prints nothing");
+        let acc = final_eval(&m, "eval_accuracy");
+        assert!(acc >= floor, "{example}: eval accuracy {acc} < {floor}");
+    }
+}
+
+#[test]
+fn the_same_seed_gives_identical_metrics_and_another_seed_does_not() {
+    let dir = std::env::temp_dir().join(format!("kpc-seed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (a, b, c) = (dir.join("a.jsonl"), dir.join("b.jsonl"), dir.join("c.jsonl"));
+    for (p, seed) in [(&a, "5"), (&b, "5"), (&c, "6")] {
+        assert_eq!(run_with_metrics("examples/digits_mlp.train", seed, p).status.code(), Some(0));
+    }
+    assert_eq!(without_timings(&a), without_timings(&b));
+    assert_ne!(without_timings(&a), without_timings(&c));
+}
+
+#[test]
+fn init_then_run_from_it_equals_run_with_the_seed() {
+    let dir = std::env::temp_dir().join(format!("kpc-init-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let w = dir.join("w.safetensors");
+    assert_eq!(kpc(&["init", "examples/iris.train", "-o", w.to_str().expect("path"), "--seed", "3"]).status.code(), Some(0));
+    let (a, b) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
+    assert_eq!(kpc(&["run", "examples/iris.train", "--seed", "3", "--epochs", "3", "--metrics", a.to_str().expect("path"), "--quiet"]).status.code(), Some(0));
+    assert_eq!(
+        kpc(&["run", "examples/iris.train", "--seed", "3", "--epochs", "3", "--init", w.to_str().expect("path"), "--metrics", b.to_str().expect("path"), "--quiet"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(without_timings(&a), without_timings(&b));
+}
+
+#[test]
+fn save_then_eval_reports_the_final_eval_metrics() {
+    let dir = std::env::temp_dir().join(format!("kpc-save-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (w, m) = (dir.join("w.safetensors"), dir.join("m.jsonl"));
+    let out = kpc(&["run", "examples/breast_cancer.train", "--epochs", "2", "--save", w.to_str().expect("path"), "--metrics", m.to_str().expect("path"), "--quiet"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kpc(&["eval", "examples/breast_cancer.train", "--weights", w.to_str().expect("path"), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let logged = final_eval(&m, "eval_loss");
+    let evaluated = v["eval_loss"].as_f64().expect("eval_loss");
+    assert!((logged - evaluated).abs() <= 1e-6 * logged.abs().max(1.0), "{logged} vs {evaluated}");
+}
+
+#[test]
+fn init_weights_that_do_not_match_are_listed_and_exit_1() {
+    let dir = std::env::temp_dir().join(format!("kpc-mismatch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let w = dir.join("iris.safetensors");
+    assert_eq!(kpc(&["init", "examples/iris.train", "-o", w.to_str().expect("path")]).status.code(), Some(0));
+    let out = kpc(&["run", "examples/digits_mlp.train", "--init", w.to_str().expect("path"), "--quiet"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for name in ["missing `fc1.weight`", "missing `bn1.running_var`", "unexpected `fc.weight`"] {
+        assert!(stderr.contains(name), "{name} not in:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_diverging_run_stops_with_exit_1_naming_epoch_and_step() {
+    let dir = std::env::temp_dir().join(format!("kpc-nan-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("data")).expect("dir");
+    std::fs::copy("examples/data/iris_train.csv", dir.join("data/iris_train.csv")).expect("copy");
+    let job = "data { train = csv(\"data/iris_train.csv\", x = rest, y = \"label\") }\nmodel { input x: f32[4]\ninput y: i64\nfc = linear(4, 3)\nlogits = x * 1e30 |> fc }\nloss cross_entropy(logits, y)\noptimizer sgd(lr = 1e30)\n";
+    std::fs::write(dir.join("nan.train"), job).expect("write");
+    let out = kpc(&["run", dir.join("nan.train").to_str().expect("path"), "--quiet"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("epoch 1, step 1"), "{stderr}");
+}

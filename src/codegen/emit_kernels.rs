@@ -262,6 +262,9 @@ fn uses_inner_index(e: &Expr) -> bool {
     }
 }
 
+/// The body of a loop nest: (builder, each cursor's pointer, lane type, innermost index).
+type InnerBody<'a> = dyn FnMut(&mut FunctionBuilder, &[Value], Type, Value) + 'a;
+
 /// Walks the loop nest over `shape`, calling `inner(b, pointers, lane_type)` at each innermost
 /// position with the current pointer of every cursor.
 fn loop_nest(
@@ -270,7 +273,7 @@ fn loop_nest(
     shape: &[Size],
     cursors: &[Cursor],
     vector: bool,
-    inner: &mut dyn FnMut(&mut FunctionBuilder, &[Value], Type, Value),
+    inner: &mut InnerBody,
 ) {
     let extents: Vec<Value> = shape.iter().map(|s| env.size(b, *s)).collect();
     let starts: Vec<Value> = cursors.iter().map(|c| c.base).collect();
@@ -284,7 +287,7 @@ fn nest(
     axis: usize,
     ptrs: &[Value],
     vector: bool,
-    inner: &mut dyn FnMut(&mut FunctionBuilder, &[Value], Type, Value),
+    inner: &mut InnerBody,
 ) {
     if extents.is_empty() {
         let zero = b.ins().iconst(types::I64, 0);

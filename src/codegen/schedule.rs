@@ -46,11 +46,10 @@ impl StateLayout {
         }
         let mut seq_names = Vec::new();
         for i in &job.inputs {
-            if let Some((name, _)) = i.ty.seq() {
-                if !seq_names.iter().any(|n| n == name) {
+            if let Some((name, _)) = i.ty.seq()
+                && !seq_names.iter().any(|n| n == name) {
                     seq_names.push(name.to_string());
                 }
-            }
         }
         StateLayout { offset, numel, opt_offset, state_len: at, opt_len: opt_at, seq_names }
     }
@@ -456,7 +455,7 @@ impl Scheduler<'_> {
     /// writing the parameter and every state tensor, in PyTorch's operation order.
     fn update(&mut self, n: NodeId, ops: &[NodeId], rule: Update) -> Result<(), CodegenError> {
         let _ = n;
-        let len = self.numel(&self.shape(ops[0]).to_vec());
+        let len = self.numel(self.shape(ops[0]));
         let flat = |b: Buf| Access::new(b, vec![Size::fixed(1)]);
         let mut inputs: Vec<Access> = Vec::new();
         for o in ops {

@@ -125,25 +125,38 @@ pub fn run(job: &Job, opts: &RunOptions) -> Result<Vec<(String, f64)>, Diagnosti
     let mut shuffle = state::stream(seed, state::SHUFFLE_STREAM);
     let dropout_base = state::stream(seed, state::DROPOUT_STREAM).random::<u64>();
     let mut per_epoch = train.rows / bs;
-    if !job.train.drop_last && train.rows % bs != 0 {
+    if !job.train.drop_last && !train.rows.is_multiple_of(bs) {
         per_epoch += 1;
     }
     let steps_per_epoch = per_epoch.div_ceil(k);
     if !opts.quiet {
         let params: usize = job.state().iter().filter(|t| t.role == crate::check::TensorRole::Param).map(|t| t.shape.iter().product::<usize>()).sum();
         let eval_rows = job.data.eval.as_ref().map_or("no eval set".into(), |e| format!("{} eval rows", e.rows));
-        println!(
+        say(&format!(
             "{}: {} parameters, {} train rows, {eval_rows}, {steps_per_epoch} steps per epoch, compiled in {:.1} ms",
             job.path.display(),
             crate::report::group_digits(params as u64),
             train.rows,
             c.compile_ms
-        );
+        ));
     }
     let mut step = 0u64;
     let mut results = Vec::new();
+    // A progress bar only where someone is watching: on a terminal, and not with --quiet.
+    let show_bar = !opts.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     for epoch in 1..=epochs {
         let t0 = Instant::now();
+        let bar = if show_bar {
+            let b = indicatif::ProgressBar::new(steps_per_epoch as u64);
+            let style = indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            b.set_style(style);
+            b.set_prefix(format!("{epoch}/{epochs}"));
+            Some(b)
+        } else {
+            None
+        };
         let mut order: Vec<usize> = (0..train.rows).collect();
         if job.train.shuffle {
             // Fisher–Yates from the shuffle stream (ChaCha8): the same seed, the same order.
@@ -193,9 +206,17 @@ pub fn run(job: &Job, opts: &RunOptions) -> Result<Vec<(String, f64)>, Diagnosti
                     .with_note("a gradient or update overflowed; lower the learning rate or add `clip_grad_norm`"));
             }
             step_losses.push(loss as f64);
+            if let Some(b) = &bar {
+                let rate = (step_losses.len() * bs * k) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+                b.set_message(format!("loss {loss:.4}  lr {}  {rate:.0} samples/s", json_f32(lr as f32)));
+                b.inc(1);
+            }
             if job.schedule.every == Every::Step {
                 lr = learning_rate(job, epoch - 1, step - 1);
             }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
         }
         let train_loss = step_losses.iter().sum::<f64>() / step_losses.len().max(1) as f64;
         let due = epoch % job.train.eval_every == 0 || epoch == epochs;
@@ -211,13 +232,18 @@ pub fn run(job: &Job, opts: &RunOptions) -> Result<Vec<(String, f64)>, Diagnosti
         rec.push_str(&format!(",\"lr\":{},\"seconds\":{seconds:.3},\"samples_per_s\":{samples_per_s:.0}}}", json_f32(lr as f32)));
         line(&mut metrics_file, rec)?;
         if !opts.quiet {
-            println!("{console}  lr {}  {seconds:.2}s", json_f32(lr as f32));
+            say(&format!("{console}  lr {}  {seconds:.2}s", json_f32(lr as f32)));
         }
         if let Some(p) = &opts.save {
             state::save(job, &c.state(batches_tracked), p)?;
         }
     }
     Ok(results)
+}
+
+/// A report line on stdout; a closed pipe (`kpc run f | head`) ends the report, not the run.
+fn say(text: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 /// The first state tensor holding a NaN or infinity, by state_dict name.
