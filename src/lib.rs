@@ -15,6 +15,7 @@ pub mod check;
 pub mod codegen;
 pub mod data;
 pub mod diag;
+pub mod interp;
 pub mod ir;
 pub mod passes;
 pub mod report;

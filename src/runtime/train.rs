@@ -47,17 +47,30 @@ pub fn json_f32(v: f32) -> String {
     if v.is_finite() { format!("{v}") } else { "null".into() }
 }
 
-/// Sets the per-step runtime scalars for optimizer step `t` (from 1) at learning rate `lr`.
-fn set_step_scalars(c: &mut CompiledJob, job: &Job, lr: f64, t: u64) {
-    c.set_scalar(Runtime::Lr, lr);
-    c.set_scalar(Runtime::AccumScale, 1.0 / job.train.accumulate as f64);
-    c.set_scalar(Runtime::FirstStep, if t == 1 { 1.0 } else { 0.0 });
+/// The runtime scalars (by `Runtime::slot`) of optimizer step `t` (from 1) at learning rate
+/// `lr` for a batch of `rows` rows: everything is computed in f64, as PyTorch computes its
+/// Python-float scalars, and rounded to f32 where it meets a tensor.
+pub fn step_scalars(job: &Job, lr: f64, t: u64, rows: usize) -> Vec<f64> {
+    let mut s = vec![0.0; Runtime::ALL.len()];
+    s[Runtime::Lr.slot()] = lr;
+    s[Runtime::AccumScale.slot()] = 1.0 / job.train.accumulate as f64;
+    s[Runtime::FirstStep.slot()] = if t == 1 { 1.0 } else { 0.0 };
+    s[Runtime::BatchRows.slot()] = rows as f64;
     if let Optimizer::Adam { betas, weight_decay, .. } = job.optimizer {
         let bc1 = 1.0 - betas.0.powi(t as i32);
         let bc2 = 1.0 - betas.1.powi(t as i32);
-        c.set_scalar(Runtime::AdamStepSize, lr / bc1);
-        c.set_scalar(Runtime::AdamBias2Sqrt, bc2.sqrt());
-        c.set_scalar(Runtime::DecayFactor, 1.0 - lr * weight_decay);
+        s[Runtime::AdamStepSize.slot()] = lr / bc1;
+        s[Runtime::AdamBias2Sqrt.slot()] = bc2.sqrt();
+        s[Runtime::DecayFactor.slot()] = 1.0 - lr * weight_decay;
+    }
+    s
+}
+
+fn set_step_scalars(c: &mut CompiledJob, job: &Job, lr: f64, t: u64) {
+    for (slot, v) in step_scalars(job, lr, t, 0).into_iter().enumerate() {
+        if slot != Runtime::BatchRows.slot() {
+            c.exec.scalars[slot] = v as f32;
+        }
     }
 }
 

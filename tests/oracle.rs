@@ -1,0 +1,322 @@
+//! The interpreter as an oracle: central finite differences in f64 check every op's
+//! vector-Jacobian rule and the gradients of whole programs; the JIT's train and eval steps
+//! agree with the interpreter's (f32) on the same batch.
+
+use kpc::check::{Dim, Job, TensorRole};
+use kpc::data::{Dtype, Values};
+use kpc::diag::SourceMap;
+use kpc::interp::{self, Env, Real};
+use kpc::ir::op::{Elementwise as E, Op, Runtime};
+use kpc::ir::{Graph, NodeId, Program};
+use kpc::passes::specialise::{Mode, specialise};
+use ndarray::{ArrayD, IxDyn};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+use std::path::Path;
+
+fn fixed(shape: &[usize]) -> Vec<Dim> {
+    shape.iter().map(|d| Dim::Fixed(*d)).collect()
+}
+
+/// Values in ±[0.1, 1] (away from the kinks of relu, abs and max).
+fn random(rng: &mut ChaCha8Rng, shape: &[usize], positive: bool) -> ArrayD<f64> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n)
+        .map(|_| {
+            let m = 0.1 + 0.9 * rng.random::<f64>();
+            if positive || rng.random::<bool>() { m } else { -m }
+        })
+        .collect();
+    ArrayD::from_shape_vec(IxDyn(shape), v).expect("shape")
+}
+
+fn env(state: Vec<ArrayD<f64>>, inputs: Vec<ArrayD<f64>>, batch: usize) -> Env<f64> {
+    let mut scalars = vec![0.0; Runtime::ALL.len()];
+    scalars[Runtime::BatchRows.slot()] = batch as f64;
+    Env { inputs, state, grads: HashMap::new(), opt: HashMap::new(), scalars, rng_key: 7, outputs: HashMap::new(), batch }
+}
+
+fn loss_of(p: &Program, e: &Env<f64>) -> f64 {
+    let mut e = e.clone();
+    interp::run(p, &mut e);
+    e.outputs[&0]
+}
+
+/// Checks ∂loss/∂(state k) from autodiff against central differences for every leaf.
+fn check_gradients(name: &str, mut g: Graph, loss: NodeId, leaves: &[NodeId], e: &Env<f64>, elements_per_leaf: usize) {
+    let seed = g.add(Op::Const(1.0), &[], vec![], Dtype::F32);
+    let grads = kpc::autodiff::backward(&mut g, loss, seed, leaves);
+    let out = g.add(Op::Output(0), &[loss], vec![], Dtype::F32);
+    let loss_prog = Program { name: "loss".into(), graph: g.clone(), effects: vec![out] };
+    let mut effects = vec![out];
+    for l in leaves {
+        let Op::State(k) = g.node(*l).op else { panic!("leaves are state") };
+        let grad = grads.get(l).unwrap_or_else(|| panic!("{name}: no gradient for state {k}"));
+        let shape = g.node(*l).shape.clone();
+        let loc = g.add(Op::GradOf(k), &[], shape.clone(), Dtype::F32);
+        effects.push(g.add(Op::Assign, &[loc, *grad], shape, Dtype::F32));
+    }
+    let grad_prog = Program { name: "grads".into(), graph: g.clone(), effects };
+    let mut ge = e.clone();
+    interp::run(&grad_prog, &mut ge);
+    let mut rng = ChaCha8Rng::seed_from_u64(99);
+    for l in leaves {
+        let Op::State(k) = g.node(*l).op else { unreachable!() };
+        let analytic = &ge.grads[&k];
+        let n = e.state[k].len();
+        let picks: Vec<usize> = if n <= elements_per_leaf { (0..n).collect() } else { (0..elements_per_leaf).map(|_| rng.random_range(0..n)).collect() };
+        for i in picks {
+            let h = 1e-6;
+            let mut plus = e.clone();
+            plus.state[k].as_slice_mut().expect("contiguous")[i] += h;
+            let mut minus = e.clone();
+            minus.state[k].as_slice_mut().expect("contiguous")[i] -= h;
+            let numeric = (loss_of(&loss_prog, &plus) - loss_of(&loss_prog, &minus)) / (2.0 * h);
+            let a = analytic.as_slice().expect("contiguous")[i];
+            assert!((a - numeric).abs() <= 1e-6 + 1e-5 * numeric.abs(), "{name}: d loss / d state[{k}][{i}] = {a}, finite differences say {numeric}");
+        }
+    }
+}
+
+/// `loss = Σ y ⊙ r` for a random `r`: every output element gets its own weight.
+fn weighted_sum(g: &mut Graph, y: NodeId, r: NodeId) -> NodeId {
+    let shape = g.node(y).shape.clone();
+    let w = g.add(Op::Elementwise(E::Mul), &[y, r], shape, Dtype::F32);
+    g.add(Op::SumTo, &[w], vec![], Dtype::F32)
+}
+
+/// One op over state leaves of the given shapes, checked against finite differences.
+fn check_op(name: &str, op: Op, shapes: &[&[usize]], out: &[usize], positive: bool) {
+    let mut rng = ChaCha8Rng::seed_from_u64(name.len() as u64);
+    let mut g = Graph::default();
+    let mut state = Vec::new();
+    let mut leaves = Vec::new();
+    for (k, s) in shapes.iter().enumerate() {
+        leaves.push(g.add(Op::State(k), &[], fixed(s), Dtype::F32));
+        state.push(random(&mut rng, s, positive));
+    }
+    let y = g.add(op, &leaves, fixed(out), Dtype::F32);
+    let r = g.add(Op::State(shapes.len()), &[], fixed(out), Dtype::F32);
+    state.push(random(&mut rng, out, false));
+    let loss = weighted_sum(&mut g, y, r);
+    check_gradients(name, g, loss, &leaves, &env(state, vec![], 1), 1000);
+}
+
+#[test]
+fn elementwise_rules_match_finite_differences() {
+    let ew = |e| Op::Elementwise(e);
+    for (name, e) in [("add", E::Add), ("sub", E::Sub), ("mul", E::Mul), ("max", E::Max)] {
+        // Broadcasting both ways: [3, 4] with [4] and [3, 1].
+        check_op(name, ew(e), &[&[3, 4], &[4]], &[3, 4], false);
+        check_op(name, ew(e), &[&[3, 1], &[3, 4]], &[3, 4], false);
+    }
+    check_op("div", ew(E::Div), &[&[3, 4], &[3, 4]], &[3, 4], true);
+    check_op("div broadcast", ew(E::Div), &[&[3, 4], &[1, 4]], &[3, 4], true);
+    for (name, e, positive) in [
+        ("neg", E::Neg, false),
+        ("exp", E::Exp, false),
+        ("log", E::Log, true),
+        ("sqrt", E::Sqrt, true),
+        ("abs", E::Abs, false),
+        ("relu", E::Relu, false),
+        ("tanh", E::Tanh, false),
+        ("sigmoid", E::Sigmoid, false),
+        ("gelu", E::Gelu, false),
+    ] {
+        check_op(name, ew(e), &[&[2, 5]], &[2, 5], positive);
+    }
+}
+
+#[test]
+fn structural_rules_match_finite_differences() {
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let a: &[usize] = if ta { &[4, 3] } else { &[3, 4] };
+        let b: &[usize] = if tb { &[5, 4] } else { &[4, 5] };
+        check_op(&format!("matmul {ta} {tb}"), Op::MatMul { trans_a: ta, trans_b: tb }, &[a, b], &[3, 5], false);
+    }
+    check_op("sum_to columns", Op::SumTo, &[&[3, 4]], &[4], false);
+    check_op("sum_to rows", Op::SumTo, &[&[3, 4]], &[3, 1], false);
+    check_op("sum_to all", Op::SumTo, &[&[3, 4]], &[], false);
+    check_op("broadcast", Op::Broadcast, &[&[4]], &[3, 4], false);
+    check_op("reshape", Op::Reshape, &[&[3, 4]], &[12], false);
+    check_op("softmax", Op::Softmax, &[&[3, 5]], &[3, 5], false);
+    check_op("log_softmax", Op::LogSoftmax, &[&[3, 5]], &[3, 5], false);
+    check_op("cat", Op::Cat, &[&[3, 2], &[3, 4]], &[3, 6], false);
+}
+
+#[test]
+fn lookup_and_loss_rules_match_finite_differences() {
+    // Embedding rows (with a padding row that must get no gradient through the lookup
+    // rule — the checked gradient of that row is then zero).
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut g = Graph::default();
+    let table = g.add(Op::State(0), &[], fixed(&[6, 3]), Dtype::F32);
+    let ids = g.add(Op::Input(0), &[], vec![Dim::Batch], Dtype::I64);
+    let y = g.add(Op::Gather { padding: None }, &[table, ids], vec![Dim::Batch, Dim::Fixed(3)], Dtype::F32);
+    let r = g.add(Op::State(1), &[], vec![Dim::Batch, Dim::Fixed(3)], Dtype::F32);
+    let loss = weighted_sum(&mut g, y, r);
+    let inputs = vec![ArrayD::from_shape_vec(IxDyn(&[4]), vec![2.0, 0.0, 2.0, 5.0]).expect("ids")];
+    let e = env(vec![random(&mut rng, &[6, 3], false), random(&mut rng, &[4, 3], false)], inputs.clone(), 4);
+    check_gradients("gather", g, loss, &[table], &e, 100);
+
+    // Cross-entropy rows with an ignored target and label smoothing.
+    let mut g = Graph::default();
+    let logits = g.add(Op::State(0), &[], fixed(&[5, 4]), Dtype::F32);
+    let ids = g.add(Op::Input(0), &[], vec![Dim::Batch], Dtype::I64);
+    let logp = g.add(Op::LogSoftmax, &[logits], fixed(&[5, 4]), Dtype::F32);
+    let rows = g.add(Op::NllRows { ignore: 1, eps: 0.1 }, &[logp, ids], vec![Dim::Batch], Dtype::F32);
+    let loss = g.add(Op::SumTo, &[rows], vec![], Dtype::F32);
+    let inputs = vec![ArrayD::from_shape_vec(IxDyn(&[5]), vec![0.0, 1.0, 3.0, 2.0, 1.0]).expect("ids")];
+    let e = env(vec![random(&mut rng, &[5, 4], false)], inputs, 5);
+    check_gradients("cross entropy", g, loss, &[logits], &e, 100);
+}
+
+// ---------------------------------------------------------------------------------------
+// Whole programs of the dense jobs.
+
+fn load(path: &str) -> Job {
+    let mut sources = SourceMap::new();
+    kpc::check::check_file(Path::new(path), &mut sources).unwrap_or_else(|d| panic!("{}", kpc::diag::render_all(&d, &sources)))
+}
+
+/// The first `rows` training rows of every input, as interpreter arrays.
+fn batch_inputs<T: Real>(job: &Job, rows: usize) -> Vec<ArrayD<T>> {
+    job.inputs
+        .iter()
+        .map(|i| match &job.data.train.fields[i.field].values {
+            Values::F32 { data, shape } => {
+                let w: usize = shape.iter().product::<usize>().max(1);
+                let mut s = vec![rows];
+                s.extend(shape);
+                ArrayD::from_shape_vec(IxDyn(&s), data[..rows * w].iter().map(|v| T::of(*v as f64)).collect()).expect("batch")
+            }
+            Values::I64 { data, shape } => {
+                let w: usize = shape.iter().product::<usize>().max(1);
+                let mut s = vec![rows];
+                s.extend(shape);
+                ArrayD::from_shape_vec(IxDyn(&s), data[..rows * w].iter().map(|v| T::of(*v as f64)).collect()).expect("batch")
+            }
+            Values::Seq { .. } => panic!("dense jobs only"),
+        })
+        .collect()
+}
+
+fn initial_state<T: Real>(job: &Job) -> Vec<ArrayD<T>> {
+    let values = kpc::runtime::state::init(job, 1);
+    job.state()
+        .iter()
+        .zip(values.tensors)
+        .map(|(t, v)| {
+            let shape: Vec<usize> = if t.role == TensorRole::NumBatchesTracked { vec![] } else { t.shape.clone() };
+            ArrayD::from_shape_vec(IxDyn(&shape), v.into_iter().map(|x| T::of(x as f64)).collect()).expect("state")
+        })
+        .collect()
+}
+
+const DENSE_JOBS: &[&str] = &[
+    "examples/iris.train",
+    "examples/digits_mlp.train",
+    "examples/breast_cancer.train",
+    "tests/reference/jobs/digits_adam_bn.train",
+    "tests/reference/jobs/cancer_logits_mixed.train",
+    "tests/reference/jobs/wine_rmsprop_layernorm.train",
+    "tests/reference/jobs/wine_regression_sgd.train",
+];
+
+#[test]
+fn whole_program_gradients_match_finite_differences() {
+    for path in DENSE_JOBS {
+        let job = load(path);
+        let fwd = kpc::ir::lower::lower(&job).expect("lowers");
+        let mut g = fwd.graph.clone();
+        specialise(&mut g, Mode::Train);
+        let state = job.state();
+        let leaves: Vec<NodeId> = g.ids().into_iter().filter(|n| matches!(g.node(*n).op, Op::State(k) if state[k].role == TensorRole::Param)).collect();
+        let rows = 12;
+        let e = env(initial_state::<f64>(&job), batch_inputs::<f64>(&job, rows), rows);
+        check_gradients(path, g, fwd.loss, &leaves, &e, 6);
+    }
+}
+
+#[test]
+fn jit_train_and_eval_steps_match_the_interpreter() {
+    for path in DENSE_JOBS {
+        let job = load(path);
+        let mut c = kpc::runtime::compiled::compile(&job).expect("compiles");
+        let init = kpc::runtime::state::init(&job, 1);
+        c.set_state(&init);
+        let rows = job.train.batch_size.min(job.data.train.rows);
+        let lr = kpc::runtime::train::learning_rate(&job, 0, 0);
+        let scalars = kpc::runtime::train::step_scalars(&job, lr, 1, rows);
+        for (slot, v) in scalars.iter().enumerate() {
+            c.exec.scalars[slot] = *v as f32;
+        }
+        let key = 0x5eed;
+        let mut buffers = kpc::runtime::compiled::BatchBuffers::new(&job, rows).expect("buffers");
+        let order: Vec<usize> = (0..rows).collect();
+        let batch = buffers.fill(&job, &job.data.train, &order, key);
+        c.exec.run(c.train[0], &batch);
+        if c.train.len() > 1 {
+            let empty = buffers.fill(&job, &job.data.train, &[], 0);
+            c.exec.run(c.train[1], &empty);
+        }
+        let jit_loss = c.output(0);
+
+        let mut e: Env<f32> = Env {
+            inputs: batch_inputs::<f32>(&job, rows),
+            state: initial_state::<f32>(&job),
+            grads: HashMap::new(),
+            opt: HashMap::new(),
+            scalars,
+            rng_key: key,
+            outputs: HashMap::new(),
+            batch: rows,
+        };
+        for p in &c.programs.train {
+            interp::run(p, &mut e);
+        }
+        let interp_loss = e.outputs[&0];
+        assert!((jit_loss - interp_loss).abs() <= 1e-5 * interp_loss.abs().max(1.0), "{path}: loss {jit_loss} (JIT) vs {interp_loss} (interpreter)");
+        let after = c.state(0);
+        for (k, t) in job.state().iter().enumerate() {
+            if t.role == TensorRole::NumBatchesTracked {
+                continue;
+            }
+            for (i, (a, b)) in after.tensors[k].iter().zip(e.state[k].iter()).enumerate() {
+                assert!((a - b).abs() <= 2e-6 + 1e-4 * b.abs(), "{path}: {}[{i}] after one step: {a} (JIT) vs {b} (interpreter)", t.name);
+            }
+        }
+        // The eval step on the same rows, from the updated state.
+        if let (Some(eval), Some(eval_prog)) = (c.eval, c.programs.eval.clone()) {
+            let batch = buffers.fill(&job, &job.data.train, &order, 0);
+            c.exec.run(eval, &batch);
+            e.outputs.clear();
+            interp::run(&eval_prog, &mut e);
+            for slot in 1..c.programs.outputs.len {
+                let (a, b) = (c.output(slot), e.outputs[&slot]);
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{path}: eval output {slot}: {a} (JIT) vs {b} (interpreter)");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_interpreter_trains_the_dense_examples() {
+    for path in ["examples/iris.train", "examples/digits_mlp.train", "examples/breast_cancer.train"] {
+        let job = load(path);
+        let programs = kpc::passes::programs::build(&job).expect("programs");
+        let rows = job.train.batch_size.min(job.data.train.rows);
+        let mut e: Env<f64> = env(initial_state::<f64>(&job), batch_inputs::<f64>(&job, rows), rows);
+        let mut losses = Vec::new();
+        for t in 1..=8u64 {
+            e.scalars = kpc::runtime::train::step_scalars(&job, kpc::runtime::train::learning_rate(&job, 0, t - 1), t, rows);
+            e.rng_key = t;
+            for p in &programs.train {
+                interp::run(p, &mut e);
+            }
+            losses.push(e.outputs[&0]);
+        }
+        assert!(losses.last() < losses.first(), "{path}: losses {losses:?}");
+    }
+}
