@@ -2,4 +2,5 @@
 //! programs (autodiff, clipping, optimizer updates).
 
 pub mod programs;
+pub mod simplify;
 pub mod specialise;

@@ -237,5 +237,9 @@ pub fn build(job: &Job) -> Result<Programs, Unsupported> {
         metrics: metric_slots,
         len: next,
     };
+    let mut eval = eval;
+    for p in train.iter_mut().chain(eval.iter_mut()).chain(std::iter::once(&mut forward)) {
+        super::simplify::simplify(p);
+    }
     Ok(Programs { forward, train, eval, outputs, formula: fwd.formula, opt_slots, accumulates: k > 1 })
 }
