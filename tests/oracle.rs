@@ -222,6 +222,8 @@ const DENSE_JOBS: &[&str] = &[
     "tests/reference/jobs/cancer_logits_mixed.train",
     "tests/reference/jobs/wine_rmsprop_layernorm.train",
     "tests/reference/jobs/wine_regression_sgd.train",
+    "tests/reference/jobs/iris_sgd_nesterov.train",
+    "tests/reference/jobs/cancer_adamw_accumulate.train",
 ];
 
 #[test]
