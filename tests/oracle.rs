@@ -34,7 +34,7 @@ fn random(rng: &mut ChaCha8Rng, shape: &[usize], positive: bool) -> ArrayD<f64> 
 fn env(state: Vec<ArrayD<f64>>, inputs: Vec<ArrayD<f64>>, batch: usize) -> Env<f64> {
     let mut scalars = vec![0.0; Runtime::ALL.len()];
     scalars[Runtime::BatchRows.slot()] = batch as f64;
-    Env { inputs, state, grads: HashMap::new(), opt: HashMap::new(), scalars, rng_key: 7, outputs: HashMap::new(), batch }
+    Env { inputs, state, grads: HashMap::new(), opt: HashMap::new(), scalars, rng_key: 7, outputs: HashMap::new(), batch, seq: vec![], seq_names: vec![] }
 }
 
 fn loss_of(p: &Program, e: &Env<f64>) -> f64 {
@@ -197,7 +197,31 @@ fn batch_inputs<T: Real>(job: &Job, rows: usize) -> Vec<ArrayD<T>> {
                 s.extend(shape);
                 ArrayD::from_shape_vec(IxDyn(&s), data[..rows * w].iter().map(|v| T::of(*v as f64)).collect()).expect("batch")
             }
-            Values::Seq { .. } => panic!("dense jobs only"),
+            Values::Seq { ids, offsets } => {
+                // Padded with id 0 to the batch's longest row.
+                let t = (0..rows).map(|r| offsets[r + 1] - offsets[r]).max().unwrap_or(0);
+                let mut v = vec![T::zero(); rows * t];
+                for r in 0..rows {
+                    for (k, id) in ids[offsets[r]..offsets[r + 1]].iter().enumerate() {
+                        v[r * t + k] = T::of(*id as f64);
+                    }
+                }
+                ArrayD::from_shape_vec(IxDyn(&[rows, t]), v).expect("batch")
+            }
+        })
+        .collect()
+}
+
+/// Per sequence dimension (in the job's order), the first `rows` rows' lengths.
+fn batch_lengths(job: &Job, rows: usize) -> Vec<Vec<usize>> {
+    job.seq_names()
+        .iter()
+        .map(|name| {
+            let input = job.inputs.iter().find(|i| i.ty.seq().is_some_and(|(n, _)| n == name)).expect("an input");
+            match &job.data.train.fields[input.field].values {
+                Values::Seq { offsets, .. } => (0..rows).map(|r| offsets[r + 1] - offsets[r]).collect(),
+                _ => unreachable!("a sequence field"),
+            }
         })
         .collect()
 }
@@ -225,6 +249,92 @@ const DENSE_JOBS: &[&str] = &[
     "tests/reference/jobs/iris_sgd_nesterov.train",
     "tests/reference/jobs/cancer_adamw_accumulate.train",
 ];
+
+fn seq(offset: i64) -> Dim {
+    Dim::Seq { name: "s".into(), offset }
+}
+
+/// A padded batch of three rows with lengths 4, 2 and 1.
+fn seq_env(state: Vec<ArrayD<f64>>) -> Env<f64> {
+    let mut e = env(state, vec![], 3);
+    e.seq = vec![vec![4, 2, 1]];
+    e.seq_names = vec!["s".into()];
+    e
+}
+
+#[test]
+fn recurrent_cells_match_finite_differences_over_unequal_lengths() {
+    use kpc::check::Cell;
+    for (name, cell, gates) in [("rnn tanh", Cell::Rnn { relu: false }, 1), ("rnn relu", Cell::Rnn { relu: true }, 1), ("gru", Cell::Gru, 3), ("lstm", Cell::Lstm, 4)] {
+        for (h0, c0) in [(false, false), (true, cell == Cell::Lstm)] {
+            let (inp, hid) = (3usize, 2usize);
+            let mut rng = ChaCha8Rng::seed_from_u64(gates as u64 + u64::from(h0));
+            let mut g = Graph::default();
+            let mut state = Vec::new();
+            let mut leaf = |g: &mut Graph, shape: Vec<Dim>, concrete: &[usize], state: &mut Vec<ArrayD<f64>>| {
+                state.push(random(&mut rng, concrete, false).mapv(|v| v * 0.8));
+                g.add(Op::State(state.len() - 1), &[], shape, Dtype::F32)
+            };
+            let x = leaf(&mut g, vec![Dim::Batch, seq(0), Dim::Fixed(inp)], &[3, 4, inp], &mut state);
+            let w_ih = leaf(&mut g, fixed(&[gates * hid, inp]), &[gates * hid, inp], &mut state);
+            let w_hh = leaf(&mut g, fixed(&[gates * hid, hid]), &[gates * hid, hid], &mut state);
+            let b_ih = leaf(&mut g, fixed(&[gates * hid]), &[gates * hid], &mut state);
+            let b_hh = leaf(&mut g, fixed(&[gates * hid]), &[gates * hid], &mut state);
+            let lengths = g.add(Op::Lengths { dim: 0, offset: 0 }, &[], vec![Dim::Batch], Dtype::F32);
+            let mut operands = vec![x, lengths, w_ih, w_hh, b_ih, b_hh];
+            let mut leaves = vec![x, w_ih, w_hh, b_ih, b_hh];
+            for present in [h0, c0] {
+                if present {
+                    let s0 = leaf(&mut g, vec![Dim::Batch, Dim::Fixed(hid)], &[3, hid], &mut state);
+                    operands.push(s0);
+                    leaves.push(s0);
+                }
+            }
+            let y = g.add(Op::Recurrent { cell, bias: true, h0, c0 }, &operands, vec![Dim::Batch, seq(0), Dim::Fixed(hid)], Dtype::F32);
+            let r = leaf(&mut g, vec![Dim::Batch, seq(0), Dim::Fixed(hid)], &[3, 4, hid], &mut state);
+            // The last valid output too, so `last` is checked with the cell.
+            let last = g.add(Op::Last, &[y, lengths], vec![Dim::Batch, Dim::Fixed(hid)], Dtype::F32);
+            let r2 = leaf(&mut g, vec![Dim::Batch, Dim::Fixed(hid)], &[3, hid], &mut state);
+            let l1 = weighted_sum(&mut g, y, r);
+            let l2 = weighted_sum(&mut g, last, r2);
+            let loss = g.add(Op::Elementwise(E::Add), &[l1, l2], vec![], Dtype::F32);
+            check_gradients(&format!("{name} h0={h0} c0={c0}"), g, loss, &leaves, &seq_env(state), 1000);
+        }
+    }
+}
+
+#[test]
+fn sequence_slices_and_means_match_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut g = Graph::default();
+    let x = g.add(Op::State(0), &[], vec![Dim::Batch, seq(0), Dim::Fixed(2)], Dtype::F32);
+    let sliced = g.add(Op::SliceSeq { start: 1 }, &[x], vec![Dim::Batch, seq(-1), Dim::Fixed(2)], Dtype::F32);
+    let lengths = g.add(Op::Lengths { dim: 0, offset: -1 }, &[], vec![Dim::Batch], Dtype::F32);
+    let mask = g.add(Op::SeqMask, &[lengths], vec![Dim::Batch, seq(-1), Dim::Fixed(1)], Dtype::F32);
+    let masked = g.add(Op::Elementwise(E::Mul), &[sliced, mask], vec![Dim::Batch, seq(-1), Dim::Fixed(2)], Dtype::F32);
+    let r = g.add(Op::State(1), &[], vec![Dim::Batch, seq(-1), Dim::Fixed(2)], Dtype::F32);
+    let loss = weighted_sum(&mut g, masked, r);
+    let mut e = seq_env(vec![random(&mut rng, &[3, 4, 2], false), random(&mut rng, &[3, 3, 2], false)]);
+    e.seq = vec![vec![4, 3, 2]];
+    check_gradients("slice and mask", g, loss, &[x], &e, 100);
+}
+
+#[test]
+fn sequence_programs_have_finite_difference_gradients() {
+    for path in ["examples/words_gru.train", "examples/docnames_seq2seq.train"] {
+        let job = load(path);
+        let fwd = kpc::ir::lower::lower(&job).expect("lowers");
+        let mut g = fwd.graph.clone();
+        specialise(&mut g, Mode::Train);
+        let state = job.state();
+        let leaves: Vec<NodeId> = g.ids().into_iter().filter(|n| matches!(g.node(*n).op, Op::State(k) if state[k].role == TensorRole::Param)).collect();
+        let rows = 3;
+        let mut e = env(initial_state::<f64>(&job), batch_inputs::<f64>(&job, rows), rows);
+        e.seq = batch_lengths(&job, rows);
+        e.seq_names = job.seq_names();
+        check_gradients(path, g, fwd.loss, &leaves, &e, 3);
+    }
+}
 
 #[test]
 fn whole_program_gradients_match_finite_differences() {
@@ -274,6 +384,8 @@ fn jit_train_and_eval_steps_match_the_interpreter() {
             rng_key: key,
             outputs: HashMap::new(),
             batch: rows,
+            seq: vec![],
+            seq_names: vec![],
         };
         for p in &c.programs.train {
             interp::run(p, &mut e);

@@ -148,10 +148,35 @@ fn vjp(g: &mut Graph, node: NodeId, dy: NodeId) -> Vec<Option<NodeId>> {
             let (logp, ids) = (ops[0], ops[1]);
             vec![Some(add(g, Op::NllRowsGrad { ignore, eps }, &[ids, dy], shape(g, logp))), None]
         }
+        Op::SliceSeq { start } => vec![Some(add(g, Op::SliceSeqGrad { start }, &[dy], shape(g, ops[0])))],
+        Op::Last => vec![Some(add(g, Op::LastGrad, &[dy, ops[1]], shape(g, ops[0]))), None],
+        // Backpropagation through time, one gradient op per differentiable operand (the
+        // lengths are data).
+        Op::Recurrent { cell, bias, h0, c0 } => {
+            let mut with_dy = ops.clone();
+            with_dy.push(dy);
+            (0..ops.len())
+                .map(|wrt| {
+                    if wrt == 1 {
+                        return None;
+                    }
+                    let op = Op::RecurrentGrad { cell, bias, h0, c0, wrt };
+                    Some(add(g, op, &with_dy, shape(g, ops[wrt])))
+                })
+                .collect()
+        }
+        Op::Lengths { .. } | Op::SeqMask => vec![None; ops.len()],
         // Dropout masks, counts and metrics are constants of the step; leaves have no operands.
         Op::DropoutMask { .. } | Op::CountedRows { .. } | Op::ArgmaxHit | Op::TopKHit { .. } | Op::ToFloat => vec![None; ops.len()],
         Op::Input(_) | Op::State(_) | Op::GradOf(_) | Op::OptState { .. } | Op::Const(_) | Op::Runtime(_) => vec![],
-        Op::SoftmaxGrad | Op::LogSoftmaxGrad | Op::SliceLast { .. } | Op::ScatterAdd { .. } | Op::NllRowsGrad { .. } => {
+        Op::SoftmaxGrad
+        | Op::LogSoftmaxGrad
+        | Op::SliceLast { .. }
+        | Op::ScatterAdd { .. }
+        | Op::NllRowsGrad { .. }
+        | Op::SliceSeqGrad { .. }
+        | Op::LastGrad
+        | Op::RecurrentGrad { .. } => {
             unreachable!("second derivatives are not needed: {}", op.name())
         }
         Op::Dropout { .. } | Op::BatchNorm { .. } => unreachable!("autodiff runs after specialisation"),

@@ -244,6 +244,20 @@ impl Layer {
 }
 
 impl Job {
+    /// Names of the sequence dimensions, in order of first appearance among the inputs: the
+    /// index of a name is its slot in compiled code and the interpreter.
+    pub fn seq_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for i in &self.inputs {
+            if let Some((name, _)) = i.ty.seq() {
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names
+    }
+
     /// The whole state_dict, layers in declaration order.
     pub fn state(&self) -> Vec<StateTensor> {
         self.layers.iter().enumerate().flat_map(|(i, l)| l.state(i)).collect()

@@ -44,16 +44,13 @@ impl StateLayout {
             opt_offset.push(opt_at);
             opt_at += (n.div_ceil(16) * 16) * opt_slots.get(k).copied().unwrap_or(0);
         }
-        let mut seq_names = Vec::new();
-        for i in &job.inputs {
-            if let Some((name, _)) = i.ty.seq()
-                && !seq_names.iter().any(|n| n == name) {
-                    seq_names.push(name.to_string());
-                }
-        }
+        let seq_names = job.seq_names();
         StateLayout { offset, numel, opt_offset, state_len: at, opt_len: opt_at, seq_names }
     }
 }
+
+/// The prefix of the error for sequence ops, which the code generator does not compile yet.
+pub const UNSUPPORTED_SEQUENCES: &str = "sequence operations are not compiled to native code yet: ";
 
 fn err(msg: impl Into<String>) -> CodegenError {
     CodegenError(msg.into())
@@ -418,6 +415,9 @@ impl Scheduler<'_> {
                 self.map_into(n, out, &[], ops[0])?;
             }
             Op::Dropout { .. } | Op::BatchNorm { .. } => return Err(err("unspecialised dropout or batchnorm reached codegen")),
+            Op::Lengths { .. } | Op::SeqMask | Op::SliceSeq { .. } | Op::SliceSeqGrad { .. } | Op::Last | Op::LastGrad | Op::Recurrent { .. } | Op::RecurrentGrad { .. } => {
+                return Err(CodegenError(format!("{}{}", UNSUPPORTED_SEQUENCES, node.op.name())));
+            }
         }
         Ok(())
     }

@@ -9,6 +9,8 @@ use crate::ir::{NodeId, Program};
 use ndarray::{ArrayD, Axis, IxDyn, NdFloat, Zip};
 use std::collections::HashMap;
 
+mod recurrent;
+
 /// The element types the interpreter runs in.
 pub trait Real: NdFloat {
     fn erf(self) -> Self;
@@ -55,16 +57,27 @@ pub struct Env<T: Real> {
     pub outputs: HashMap<usize, T>,
     /// Rows of the current batch.
     pub batch: usize,
+    /// Per sequence dimension (in the job's order), each row's valid length.
+    pub seq: Vec<Vec<usize>>,
+    /// Sequence dimension names, in the same order.
+    pub seq_names: Vec<String>,
 }
 
-fn shape_of(dims: &[Dim], batch: usize) -> Vec<usize> {
-    dims.iter()
-        .map(|d| match d {
-            Dim::Batch => batch,
-            Dim::Fixed(n) => *n,
-            Dim::Seq { .. } => unimplemented!("the interpreter does not run sequence programs yet"),
-        })
-        .collect()
+impl<T: Real> Env<T> {
+    /// Concrete sizes of a symbolic shape for this batch (padded lengths = the longest row).
+    pub fn shape_of(&self, dims: &[Dim]) -> Vec<usize> {
+        dims.iter()
+            .map(|d| match d {
+                Dim::Batch => self.batch,
+                Dim::Fixed(n) => *n,
+                Dim::Seq { name, offset } => {
+                    let k = self.seq_names.iter().position(|n| n == name).expect("sequence dimension");
+                    let t = self.seq[k].iter().copied().max().unwrap_or(0) as i64;
+                    (t + offset).max(0) as usize
+                }
+            })
+            .collect()
+    }
 }
 
 /// Broadcasts two arrays to their common shape (PyTorch rules) and applies `f` per element.
@@ -163,7 +176,7 @@ pub fn run<T: Real>(p: &Program, env: &mut Env<T>) -> HashMap<NodeId, ArrayD<T>>
         let node = g.node(n);
         let ops = g.operands(n);
         let arg = |k: usize| -> &ArrayD<T> { &v[&ops[k]] };
-        let shape = shape_of(&node.shape, env.batch);
+        let shape = env.shape_of(&node.shape);
         let scalar = |x: T| ArrayD::from_elem(IxDyn(&[]), x);
         let value: ArrayD<T> = match &node.op {
             Op::Input(k) => env.inputs[*k].clone(),
@@ -303,6 +316,65 @@ pub fn run<T: Real>(p: &Program, env: &mut Env<T>) -> HashMap<NodeId, ArrayD<T>>
             }
             Op::Update(_) | Op::Assign | Op::Output(_) => ArrayD::zeros(IxDyn(&[])),
             Op::Dropout { .. } | Op::BatchNorm { .. } => panic!("the interpreter runs specialised programs"),
+            Op::Lengths { dim, offset } => {
+                ArrayD::from_shape_vec(IxDyn(&shape), env.seq[*dim].iter().map(|l| T::of((*l as i64 + offset) as f64)).collect()).expect("lengths")
+            }
+            Op::SeqMask => {
+                let lens = arg(0);
+                let mut m = ArrayD::<T>::zeros(IxDyn(&shape));
+                for b in 0..shape[0] {
+                    let len = lens[[b]].to64() as usize;
+                    for t in 0..shape[1].min(len) {
+                        m.index_axis_mut(Axis(0), b).index_axis_mut(Axis(0), t).fill(T::one());
+                    }
+                }
+                m
+            }
+            Op::SliceSeq { start } => arg(0).slice_axis(Axis(1), ndarray::Slice::from(*start..*start + shape[1])).to_owned(),
+            Op::SliceSeqGrad { start } => {
+                let dy = arg(0);
+                let mut dx = ArrayD::<T>::zeros(IxDyn(&shape));
+                let t = dy.shape()[1];
+                dx.slice_axis_mut(Axis(1), ndarray::Slice::from(*start..*start + t)).assign(dy);
+                dx
+            }
+            Op::Last => {
+                let (x, lens) = (arg(0), arg(1));
+                let mut y = ArrayD::<T>::zeros(IxDyn(&shape));
+                for b in 0..shape[0] {
+                    let t = lens[[b]].to64() as usize - 1;
+                    y.index_axis_mut(Axis(0), b).assign(&x.index_axis(Axis(0), b).index_axis(Axis(0), t));
+                }
+                y
+            }
+            Op::LastGrad => {
+                let (dy, lens) = (arg(0), arg(1));
+                let mut dx = ArrayD::<T>::zeros(IxDyn(&shape));
+                for b in 0..shape[0] {
+                    let t = lens[[b]].to64() as usize - 1;
+                    dx.index_axis_mut(Axis(0), b).index_axis_mut(Axis(0), t).assign(&dy.index_axis(Axis(0), b));
+                }
+                dx
+            }
+            Op::Recurrent { cell, bias, h0, c0 } => recurrent::forward(*cell, &recurrent_operands(&ops, &v, *bias, *h0, *c0)),
+            Op::RecurrentGrad { cell, bias, h0, c0, wrt } => {
+                let o = recurrent_operands(&ops, &v, *bias, *h0, *c0);
+                let dy = &v[ops.last().expect("dy")];
+                let (dx, dwi, dwh, dbi, dbh, dh0, dc0) = recurrent::backward(*cell, &o, dy);
+                // Operand order: x, lengths, w_ih, w_hh, [b_ih, b_hh], [h0], [c0].
+                let mut order: Vec<ArrayD<T>> = vec![dx, ArrayD::zeros(IxDyn(&[])), dwi.into_dyn(), dwh.into_dyn()];
+                if *bias {
+                    order.push(dbi.into_dyn());
+                    order.push(dbh.into_dyn());
+                }
+                if *h0 {
+                    order.push(dh0.into_dyn());
+                }
+                if *c0 {
+                    order.push(dc0.into_dyn());
+                }
+                order.swap_remove(*wrt)
+            }
         };
         v.insert(n, value);
     }
@@ -318,7 +390,7 @@ pub fn run<T: Real>(p: &Program, env: &mut Env<T>) -> HashMap<NodeId, ArrayD<T>>
                         env.state[k] = new.broadcast(IxDyn(&shape)).expect("assign").to_owned();
                     }
                     Op::GradOf(k) => {
-                        let shape = shape_of(&g.node(ops[0]).shape, env.batch);
+                        let shape = env.shape_of(&g.node(ops[0]).shape);
                         env.grads.insert(k, new.broadcast(IxDyn(&shape)).expect("assign").to_owned());
                     }
                     ref other => panic!("assign to {}", other.name()),
@@ -337,6 +409,35 @@ pub fn run<T: Real>(p: &Program, env: &mut Env<T>) -> HashMap<NodeId, ArrayD<T>>
         }
     }
     v
+}
+
+fn recurrent_operands<T: Real>(ops: &[NodeId], v: &HashMap<NodeId, ArrayD<T>>, bias: bool, h0: bool, c0: bool) -> recurrent::Operands<T> {
+    let two = |k: usize| -> ndarray::Array2<T> { as2(&v[&ops[k]]) };
+    let one = |k: usize| -> ndarray::Array1<T> { v[&ops[k]].iter().copied().collect() };
+    let mut next = 4;
+    let (b_ih, b_hh) = if bias {
+        next += 2;
+        (Some(one(4)), Some(one(5)))
+    } else {
+        (None, None)
+    };
+    let h = if h0 {
+        next += 1;
+        Some(two(next - 1))
+    } else {
+        None
+    };
+    let c = if c0 { Some(two(next)) } else { None };
+    recurrent::Operands {
+        x: v[&ops[0]].clone(),
+        lengths: v[&ops[1]].iter().map(|l| l.to64() as usize).collect(),
+        w_ih: two(2),
+        w_hh: two(3),
+        b_ih,
+        b_hh,
+        h0: h,
+        c0: c,
+    }
 }
 
 /// PyTorch's update rules (LANGUAGE.md §10) on state tensor `k`.

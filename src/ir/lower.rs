@@ -73,6 +73,8 @@ struct Lowerer<'j> {
     dropout_sites: usize,
     /// One node per state tensor, so a shared parameter has a single gradient.
     state_nodes: std::collections::HashMap<usize, NodeId>,
+    seq_names: Vec<String>,
+    lengths: std::collections::HashMap<(usize, i64), NodeId>,
 }
 
 impl Lowerer<'_> {
@@ -115,6 +117,49 @@ impl Lowerer<'_> {
         self.job.state()
     }
 
+    /// Per-row valid lengths of a sequence axis.
+    fn lengths_of(&mut self, d: &Dim) -> NodeId {
+        let Dim::Seq { name, offset } = d else { unreachable!("a sequence axis") };
+        let dim = self.seq_names.iter().position(|n| n == name).expect("sequence dimension of an input");
+        if let Some(n) = self.lengths.get(&(dim, *offset)) {
+            return *n;
+        }
+        let n = self.add(Op::Lengths { dim, offset: *offset }, &[], vec![Dim::Batch]);
+        self.lengths.insert((dim, *offset), n);
+        n
+    }
+
+    /// The sequence axis of a value, if any.
+    fn seq_dim(&self, n: NodeId) -> Option<Dim> {
+        self.shape(n).into_iter().find(|d| matches!(d, Dim::Seq { .. }))
+    }
+
+    /// `[B, T]` (or `[B, T, 1]` with `keep`) mask of valid steps of `n`'s sequence axis.
+    fn mask_of(&mut self, n: NodeId, keep: bool) -> Option<NodeId> {
+        let t = self.seq_dim(n)?;
+        let lengths = self.lengths_of(&t);
+        let mut shape = vec![Dim::Batch, t];
+        if keep {
+            shape.push(Dim::Fixed(1));
+        }
+        Some(self.add(Op::SeqMask, &[lengths], shape))
+    }
+
+    /// `values` with padded positions zeroed, and the number of counted positions: for a
+    /// value with a sequence axis only its valid steps count (LANGUAGE.md §5).
+    fn masked(&mut self, values: NodeId) -> Result<(NodeId, NodeId), Unsupported> {
+        match self.mask_of(values, false) {
+            None => Ok((values, self.numel(values)?)),
+            Some(mask) => {
+                let v = self.ew(E::Mul, &[values, mask]);
+                let positions = self.add(Op::SumTo, &[mask], vec![]);
+                let per_position: usize = self.shape(values).iter().skip(2).map(|d| if let Dim::Fixed(k) = d { *k } else { 1 }).product();
+                let per = self.scalar(per_position as f32);
+                Ok((v, self.ew(E::Mul, &[positions, per])))
+            }
+        }
+    }
+
     /// Number of elements of a value as a scalar node (`B × fixed sizes`).
     fn numel(&mut self, n: NodeId) -> Result<NodeId, Unsupported> {
         let mut fixed = 1usize;
@@ -123,7 +168,7 @@ impl Lowerer<'_> {
             match d {
                 Dim::Batch => batch = true,
                 Dim::Fixed(k) => fixed *= k,
-                Dim::Seq { .. } => return Err(self.unsupported("counting over sequence positions")),
+                Dim::Seq { .. } => return Err(self.unsupported("counting over sequence positions without a mask")),
             }
         }
         let f = self.scalar(fixed as f32);
@@ -206,18 +251,46 @@ impl Lowerer<'_> {
                 let (a, b) = (self.lower(*a)?, self.lower(*b)?);
                 self.add(Op::MatMul { trans_a: false, trans_b: false }, &[a, b], shape)
             }
-            check::Op::Apply { layer, x, .. } => {
+            check::Op::Apply { layer, x, h0, c0 } => {
                 let x = self.lower(*x)?;
-                self.layer(*layer, x, shape)?
+                let h0 = match h0 {
+                    Some(h) => Some(self.lower(*h)?),
+                    None => None,
+                };
+                let c0 = match c0 {
+                    Some(c) => Some(self.lower(*c)?),
+                    None => None,
+                };
+                self.layer(*layer, x, shape, (h0, c0))?
             }
-            check::Op::Last(_) | check::Op::Mean(_) | check::Op::SliceSeq { .. } => {
-                return Err(self.unsupported("sequence operations (`last`, `mean`, slices)"));
+            check::Op::Last(x) => {
+                let x = self.lower(*x)?;
+                let t = self.seq_dim(x).expect("checked: a sequence");
+                let lengths = self.lengths_of(&t);
+                self.add(Op::Last, &[x, lengths], shape)
+            }
+            check::Op::Mean(x) => {
+                // Σ over valid steps / length: padded steps are masked out first.
+                let x = self.lower(*x)?;
+                let t = self.seq_dim(x).expect("checked: a sequence");
+                let lengths = self.lengths_of(&t);
+                let mask = self.mask_of(x, true).expect("a sequence");
+                let xm = self.ew(E::Mul, &[x, mask]);
+                let h = shape[1].clone();
+                let sum = self.add(Op::SumTo, &[xm], vec![Dim::Batch, Dim::Fixed(1), h.clone()]);
+                let sum = self.add(Op::Reshape, &[sum], vec![Dim::Batch, h]);
+                let len = self.add(Op::Reshape, &[lengths], vec![Dim::Batch, Dim::Fixed(1)]);
+                self.ew(E::Div, &[sum, len])
+            }
+            check::Op::SliceSeq { x, start, .. } => {
+                let x = self.lower(*x)?;
+                self.g.add(Op::SliceSeq { start: *start }, &[x], shape, node.ty.dtype)
             }
             check::Op::Loss { .. } => unreachable!("loss terms are lowered by `term`"),
         })
     }
 
-    fn layer(&mut self, layer: usize, x: NodeId, shape: Vec<Dim>) -> Result<NodeId, Unsupported> {
+    fn layer(&mut self, layer: usize, x: NodeId, shape: Vec<Dim>, state_args: (Option<NodeId>, Option<NodeId>)) -> Result<NodeId, Unsupported> {
         let base = self.state_base[layer];
         Ok(match &self.job.layers[layer].kind {
             LayerKind::Linear { bias, .. } => {
@@ -269,7 +342,23 @@ impl Lowerer<'_> {
                 let w = self.state(base);
                 self.add(Op::Gather { padding: padding_idx.map(|p| p as i64) }, &[w, x], shape)
             }
-            LayerKind::Recurrent { .. } => return Err(self.unsupported("recurrent layers (rnn, gru, lstm)")),
+            LayerKind::Recurrent { cell, bias, .. } => {
+                let t = self.seq_dim(x).expect("checked: a sequence");
+                let lengths = self.lengths_of(&t);
+                let mut operands = vec![x, lengths, self.state(base), self.state(base + 1)];
+                if *bias {
+                    operands.push(self.state(base + 2));
+                    operands.push(self.state(base + 3));
+                }
+                let (h0, c0) = state_args;
+                if let Some(h) = h0 {
+                    operands.push(h);
+                }
+                if let Some(c) = c0 {
+                    operands.push(c);
+                }
+                self.add(Op::Recurrent { cell: *cell, bias: *bias, h0: h0.is_some(), c0: c0.is_some() }, &operands, shape)
+            }
         })
     }
 
@@ -291,8 +380,12 @@ impl Lowerer<'_> {
                     x
                 };
                 let row_shape = self.shape(y);
-                let rows = self.add(Op::NllRows { ignore, eps }, &[logp, y], row_shape.clone());
-                let counted = self.add(Op::CountedRows { ignore }, &[y], row_shape);
+                let mut rows = self.add(Op::NllRows { ignore, eps }, &[logp, y], row_shape.clone());
+                let mut counted = self.add(Op::CountedRows { ignore }, &[y], row_shape);
+                if let Some(mask) = self.mask_of(y, false) {
+                    rows = self.ew(E::Mul, &[rows, mask]);
+                    counted = self.ew(E::Mul, &[counted, mask]);
+                }
                 let count = self.add(Op::SumTo, &[counted], vec![]);
                 (rows, count)
             }
@@ -310,7 +403,7 @@ impl Lowerer<'_> {
                 let b = self.ew(E::Mul, &[ny, lq]);
                 let s = self.ew(E::Add, &[a, b]);
                 let rows = self.ew(E::Neg, &[s]);
-                (rows, self.numel(x)?)
+                self.masked(rows)?
             }
             LossKind::BceWithLogits { pos_weight } => {
                 // (1 − y)·x + (1 + (w − 1)·y)·(log(1 + e^{−|x|}) + max(−x, 0)): PyTorch's stable form.
@@ -337,12 +430,12 @@ impl Lowerer<'_> {
                 };
                 let b = self.ew(E::Mul, &[weight, soft]);
                 let rows = self.ew(E::Add, &[a, b]);
-                (rows, self.numel(x)?)
+                self.masked(rows)?
             }
             LossKind::Mse | LossKind::L1 => {
                 let d = self.ew(E::Sub, &[x, y]);
                 let rows = if matches!(kind, LossKind::Mse) { self.ew(E::Mul, &[d, d]) } else { self.ew(E::Abs, &[d]) };
-                (rows, self.numel(x)?)
+                self.masked(rows)?
             }
         };
         let sum = self.add(Op::SumTo, &[rows], vec![]);
@@ -408,8 +501,8 @@ impl Lowerer<'_> {
                     let s = self.shape(y);
                     self.add(Op::ArgmaxHit, &[x, y], s)
                 };
+                let (hits, count) = self.masked(hits).map_err(at)?;
                 let sum = self.add(Op::SumTo, &[hits], vec![]);
-                let count = self.numel(hits).map_err(at)?;
                 Ok(Aggregate { sum, count, mean: true })
             }
             MetricKind::TopK { k } => {
@@ -417,8 +510,8 @@ impl Lowerer<'_> {
                 let y = self.lower(m.target).map_err(at)?;
                 let s = self.shape(y);
                 let hits = self.add(Op::TopKHit { k: *k }, &[x, y], s);
+                let (hits, count) = self.masked(hits).map_err(at)?;
                 let sum = self.add(Op::SumTo, &[hits], vec![]);
-                let count = self.numel(hits).map_err(at)?;
                 Ok(Aggregate { sum, count, mean: true })
             }
         }
@@ -433,7 +526,7 @@ pub fn lower(job: &Job) -> Result<Forward, Unsupported> {
         state_base.push(k);
         k += l.state(i).len();
     }
-    let mut lw = Lowerer { job, g: Graph::default(), value: vec![None; job.nodes.len()], state_base, dropout_sites: 0, state_nodes: Default::default() };
+    let mut lw = Lowerer { job, g: Graph::default(), value: vec![None; job.nodes.len()], state_base, dropout_sites: 0, state_nodes: Default::default(), seq_names: job.seq_names(), lengths: Default::default() };
     let mut terms = Vec::new();
     let (formula, loss) = lw.formula(job.loss, &mut terms)?;
     let mut metrics = Vec::new();

@@ -189,6 +189,27 @@ pub enum Op {
     /// bias]); `layer` indexes `Job::layers`, `state` the running_mean tensor (running_var
     /// and num_batches_tracked follow it in state order).
     BatchNorm { eps: f32, momentum: f32, affine: bool, state: usize },
+    /// Per-row valid lengths of sequence dimension `dim` (in the job's order of sequence
+    /// names) plus `offset`, as f32 `[B]`.
+    Lengths { dim: usize, offset: i64 },
+    /// 1 where `t < length[b]`, else 0, over this node's shape `[B, T]` or `[B, T, 1]`
+    /// (operand: lengths).
+    SeqMask,
+    /// `y[b, t] = x[b, t + start]` along the sequence axis (the slice `t[start:end]`).
+    SliceSeq { start: usize },
+    /// Gradient of `SliceSeq`: `dx[b, t + start] = dy[b, t]`, zero elsewhere.
+    SliceSeqGrad { start: usize },
+    /// `[B, T, H]` → `[B, H]`: each row's output at its last valid step (operands x, lengths).
+    Last,
+    /// Gradient of `Last`: `dy[b]` placed at step `length[b] − 1` (operands dy, lengths).
+    LastGrad,
+    /// A recurrent layer over padded sequences with packed semantics: operands
+    /// (x, lengths, w_ih, w_hh, [b_ih, b_hh], [h0], [c0]). A row's state stops changing
+    /// after its last valid step; outputs at padded steps are zero.
+    Recurrent { cell: crate::check::Cell, bias: bool, h0: bool, c0: bool },
+    /// The gradient of a recurrent layer's output w.r.t. its operand `wrt`, by
+    /// backpropagation through time: operands (the layer's operands…, dy).
+    RecurrentGrad { cell: crate::check::Cell, bias: bool, h0: bool, c0: bool, wrt: usize },
     /// An optimizer update of one parameter: operands (param, grad, opt-state…); the node
     /// stands for the updated parameter and writes its state in place.
     Update(Update),
@@ -241,6 +262,14 @@ impl Op {
             Op::ArgmaxHit => "argmax_hit".into(),
             Op::TopKHit { k } => format!("top_k_hit(k={k})"),
             Op::ToFloat => "to_float".into(),
+            Op::Lengths { dim, offset } => format!("lengths(dim={dim}, offset={offset})"),
+            Op::SeqMask => "seq_mask".into(),
+            Op::SliceSeq { start } => format!("slice_seq(start={start})"),
+            Op::SliceSeqGrad { start } => format!("slice_seq_grad(start={start})"),
+            Op::Last => "last".into(),
+            Op::LastGrad => "last_grad".into(),
+            Op::Recurrent { cell, bias, h0, c0 } => format!("recurrent({cell:?}, bias={bias}, h0={h0}, c0={c0})"),
+            Op::RecurrentGrad { cell, wrt, .. } => format!("recurrent_grad({cell:?}, wrt={wrt})"),
             Op::Update(u) => format!("update({u:?})"),
             Op::ClipScale { max_norm } => format!("clip_scale(max_norm={max_norm})"),
             Op::Assign => "assign".into(),

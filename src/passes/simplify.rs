@@ -138,6 +138,8 @@ mod tests {
             rng_key: 0,
             outputs: Default::default(),
             batch: 1,
+            seq: vec![],
+            seq_names: vec![],
         };
         interp::run(p, &mut e);
         e.outputs[&0]

@@ -46,7 +46,13 @@ pub fn compile(job: &Job) -> Result<CompiledJob, Diagnostic> {
     let programs = build(job).map_err(|u| Diagnostic::at(u.span, u.what, "not supported yet"))?;
     let layout = StateLayout::new(job, &programs.opt_slots);
     let mut specs = Vec::new();
-    let bug = |e: crate::codegen::jit::CodegenError| Diagnostic::error(format!("internal compiler error: {e}")).with_note("this is a bug in kpc; please report it with the .train file");
+    let bug = |e: crate::codegen::jit::CodegenError| {
+        if e.0.starts_with(crate::codegen::schedule::UNSUPPORTED_SEQUENCES) {
+            return Diagnostic::error(format!("`{}` uses recurrent layers or sequence operations, which `kpc run` cannot compile yet", job.path.display()))
+                .with_note(format!("{} (`kpc check` and `kpc graph` work on this job)", e.0));
+        }
+        Diagnostic::error(format!("internal compiler error: {e}")).with_note("this is a bug in kpc; please report it with the .train file")
+    };
     for p in &programs.train {
         specs.push(schedule(p, job, &layout).map_err(bug)?);
     }
