@@ -70,3 +70,70 @@ fn examples_check_clean_with_golden_parameter_tables() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+#[test]
+fn graph_text_of_every_example_in_every_mode_matches_golden_files() {
+    let mut failures = Vec::new();
+    for ex in files_with_ext("examples", "train") {
+        let mut sources = SourceMap::new();
+        let job = kpc::check::check_file(&ex, &mut sources).expect("example checks");
+        let programs = kpc::passes::programs::build(&job).unwrap_or_else(|u| panic!("{}: {}", ex.display(), u.what));
+        let name = ex.file_stem().expect("name").to_string_lossy().to_string();
+        let modes: Vec<(&str, Vec<&kpc::ir::Program>)> = vec![
+            ("forward", vec![&programs.forward]),
+            ("train", programs.train.iter().collect()),
+            ("eval", programs.eval.iter().collect()),
+        ];
+        for (mode, progs) in modes {
+            let text: String = progs.iter().map(|p| kpc::ir::print::text(p)).collect();
+            compare(&Path::new("tests/golden/graphs").join(format!("{name}.{mode}.txt")), &text, &mut failures);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Ops that only a train program may contain.
+fn train_only(op: &kpc::ir::Op) -> bool {
+    use kpc::ir::Op;
+    matches!(
+        op,
+        Op::DropoutMask { .. }
+            | Op::Assign
+            | Op::Update(_)
+            | Op::GradOf(_)
+            | Op::OptState { .. }
+            | Op::SoftmaxGrad
+            | Op::LogSoftmaxGrad
+            | Op::NllRowsGrad { .. }
+            | Op::ScatterAdd { .. }
+            | Op::LastGrad
+            | Op::SliceSeqGrad { .. }
+            | Op::RecurrentGrad { .. }
+            | Op::ClipScale { .. }
+    )
+}
+
+#[test]
+fn eval_programs_have_no_gradient_mask_or_state_write_and_train_programs_do() {
+    for ex in files_with_ext("examples", "train") {
+        let mut sources = SourceMap::new();
+        let job = kpc::check::check_file(&ex, &mut sources).expect("example checks");
+        let programs = kpc::passes::programs::build(&job).expect("programs");
+        let eval = programs.eval.as_ref().expect("every example has an eval source");
+        for n in eval.graph.g.node_indices() {
+            let op = &eval.graph.node(n).op;
+            assert!(!train_only(op), "{}: the eval program contains {}", ex.display(), op.name());
+        }
+        assert!(eval.effects.iter().all(|e| matches!(eval.graph.node(*e).op, kpc::ir::Op::Output(_))), "eval only writes outputs");
+    }
+    // digits_mlp's train program has dropout masks, batchnorm state writes and gradients.
+    let mut sources = SourceMap::new();
+    let job = kpc::check::check_file(Path::new("examples/digits_mlp.train"), &mut sources).expect("checks");
+    let programs = kpc::passes::programs::build(&job).expect("programs");
+    let train = &programs.train[0];
+    let has = |pred: &dyn Fn(&kpc::ir::Op) -> bool| train.graph.g.node_indices().any(|n| pred(&train.graph.node(n).op));
+    assert!(has(&|o| matches!(o, kpc::ir::Op::DropoutMask { .. })), "a dropout mask");
+    assert!(has(&|o| matches!(o, kpc::ir::Op::Assign)), "running-statistic writes");
+    assert!(has(&|o| matches!(o, kpc::ir::Op::Update(_))), "optimizer updates");
+    assert!(has(&|o| matches!(o, kpc::ir::Op::LogSoftmaxGrad)), "a backward pass");
+}

@@ -249,11 +249,10 @@ impl Job {
     pub fn seq_names(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
         for i in &self.inputs {
-            if let Some((name, _)) = i.ty.seq() {
-                if !names.iter().any(|n| n == name) {
+            if let Some((name, _)) = i.ty.seq()
+                && !names.iter().any(|n| n == name) {
                     names.push(name.to_string());
                 }
-            }
         }
         names
     }

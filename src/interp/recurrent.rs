@@ -34,8 +34,8 @@ fn step<T: Real>(cell: Cell, ops: &Operands<T>, xt: &Array1<T>, h: &Array1<T>, c
     let mut gi = ops.w_ih.dot(xt);
     let mut gh = ops.w_hh.dot(h);
     if let (Some(bi), Some(bh)) = (&ops.b_ih, &ops.b_hh) {
-        gi = gi + bi;
-        gh = gh + bh;
+        gi += bi;
+        gh += bh;
     }
     let part = |v: &Array1<T>, k: usize| v.slice(ndarray::s![k * hs..(k + 1) * hs]).to_owned();
     match cell {
@@ -171,8 +171,8 @@ pub fn backward<T: Real>(cell: Cell, ops: &Operands<T>, dy: &ArrayD<T>) -> (Arra
                     dw_hh[[a, k]] += d_gh[a] * st.h_prev[k];
                 }
             }
-            db_ih = db_ih + &d_gi;
-            db_hh = db_hh + &d_gh;
+            db_ih += &d_gi;
+            db_hh += &d_gh;
             let dxt = ops.w_ih.t().dot(&d_gi);
             dx.index_axis_mut(Axis(0), r).index_axis_mut(Axis(0), s).assign(&dxt);
             dh = ops.w_hh.t().dot(&d_gh) + dh_direct;
