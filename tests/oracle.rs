@@ -353,7 +353,7 @@ fn whole_program_gradients_match_finite_differences() {
 
 #[test]
 fn jit_train_and_eval_steps_match_the_interpreter() {
-    for path in DENSE_JOBS {
+    for path in DENSE_JOBS.iter().chain(&["examples/words_gru.train", "examples/docnames_seq2seq.train"]) {
         let job = load(path);
         let mut c = kpc::runtime::compiled::compile(&job).expect("compiles");
         let init = kpc::runtime::state::init(&job, 1);
@@ -384,8 +384,8 @@ fn jit_train_and_eval_steps_match_the_interpreter() {
             rng_key: key,
             outputs: HashMap::new(),
             batch: rows,
-            seq: vec![],
-            seq_names: vec![],
+            seq: batch_lengths(&job, rows),
+            seq_names: job.seq_names(),
         };
         for p in &c.programs.train {
             interp::run(p, &mut e);
@@ -397,8 +397,12 @@ fn jit_train_and_eval_steps_match_the_interpreter() {
             if t.role == TensorRole::NumBatchesTracked {
                 continue;
             }
+            // Adam's first step moves a weight by lr·g/(|g| + eps): for gradients near eps
+            // (rare vocabulary rows) f32 rounding of g shows in the move, so allow a few
+            // percent of lr on top of f32 rounding.
+            let slack = if matches!(job.optimizer, kpc::check::Optimizer::Adam { .. }) { 0.05 * lr as f32 } else { 0.0 };
             for (i, (a, b)) in after.tensors[k].iter().zip(e.state[k].iter()).enumerate() {
-                assert!((a - b).abs() <= 2e-6 + 1e-4 * b.abs(), "{path}: {}[{i}] after one step: {a} (JIT) vs {b} (interpreter)", t.name);
+                assert!((a - b).abs() <= 2e-6 + 1e-4 * b.abs() + slack, "{path}: {}[{i}] after one step: {a} (JIT) vs {b} (interpreter)", t.name);
             }
         }
         // The eval step on the same rows, from the updated state.

@@ -172,6 +172,57 @@ pub fn emit(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, k: &Kerne
         Kernel::Pick { rows, cols, x, ids, out } => emit_pick(b, env, *rows, *cols, *x, *ids, *out, false),
         Kernel::PutAdd { rows, cols, g, ids, dx } => emit_pick(b, env, *rows, *cols, *dx, *ids, *g, true),
         Kernel::DropoutMask { len, p, site, out } => emit_dropout(b, env, *len, *p, *site, *out),
+        Kernel::CopyRows { rows, len, src, src_stride, dst, dst_stride } => {
+            let eb = elem_bytes(src.elem);
+            let (n, l) = (env.size(b, *rows), env.size(b, *len));
+            let (ss, ds) = (env.size(b, *src_stride), env.size(b, *dst_stride));
+            let (sb, db) = (env.stepped(b, *src, Size::fixed(0)), env.stepped(b, *dst, Size::fixed(0)));
+            let zero = b.ins().iconst(types::I64, 0);
+            let ty = if eb == 8 { types::I64 } else { types::I32 };
+            counted_loop(b, types::I64, zero, n, 1, |b, r| {
+                let so = b.ins().imul(r, ss);
+                let doff = b.ins().imul(r, ds);
+                counted_loop(b, types::I64, zero, l, 1, |b, i| {
+                    let si = b.ins().iadd(so, i);
+                    let di = b.ins().iadd(doff, i);
+                    let sp = b.ins().imul_imm_s(si, eb);
+                    let dp = b.ins().imul_imm_s(di, eb);
+                    let sp = b.ins().iadd(sb, sp);
+                    let dp = b.ins().iadd(db, dp);
+                    let v = b.ins().load(ty, mem(), sp, 0);
+                    b.ins().store(mem(), v, dp, 0);
+                });
+            });
+        }
+        Kernel::LastStep { steps, width, x, lengths, out, scatter } => {
+            let n = env.batch;
+            let t = env.size(b, *steps);
+            let (xb, lb, ob) = (env.base(b, *x), env.base(b, *lengths), env.base(b, *out));
+            let zero = b.ins().iconst(types::I64, 0);
+            let w = *width as i64;
+            counted_loop(b, types::I64, zero, n, 1, |b, r| {
+                let lp = b.ins().imul_imm_s(r, 4);
+                let lp = b.ins().iadd(lb, lp);
+                let lf = b.ins().load(types::F32, mem(), lp, 0);
+                let len = b.ins().fcvt_to_sint_sat(types::I64, lf);
+                let last = b.ins().iadd_imm_s(len, -1);
+                // Row r of the sequence tensor at step `last`, and row r of the per-row tensor.
+                let seq_row = b.ins().imul(r, t);
+                let seq_row = b.ins().iadd(seq_row, last);
+                let seq_off = b.ins().imul_imm_s(seq_row, w * 4);
+                let seq_ptr = b.ins().iadd(if *scatter { ob } else { xb }, seq_off);
+                let row_off = b.ins().imul_imm_s(r, w * 4);
+                let row_ptr = b.ins().iadd(if *scatter { xb } else { ob }, row_off);
+                let wv = b.ins().iconst(types::I64, w);
+                super::emit::f32_loop(b, types::I64, wv, |b, byte, lane| {
+                    let (from, to) = if *scatter { (row_ptr, seq_ptr) } else { (seq_ptr, row_ptr) };
+                    let fp = b.ins().iadd(from, byte);
+                    let tp = b.ins().iadd(to, byte);
+                    let v = b.ins().load(lane, mem(), fp, 0);
+                    b.ins().store(mem(), v, tp, 0);
+                });
+            });
+        }
         Kernel::Loop { count, reverse, body } => {
             let n = env.size(b, *count);
             let zero = b.ins().iconst(types::I64, 0);

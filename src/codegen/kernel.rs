@@ -259,6 +259,12 @@ pub enum Kernel {
     /// Dropout's keep-and-scale mask: `out[i] = 1/(1−p)` when the counter-based hash of
     /// (frame key, site, i) clears `p`, else 0 — see [`dropout_keep`].
     DropoutMask { len: Size, p: f32, site: u64, out: Buf },
+    /// For each of `rows` rows, copies `len` elements from `src + r·src_stride` to
+    /// `dst + r·dst_stride` (any element type: slices of id sequences).
+    CopyRows { rows: Size, len: Size, src: Buf, src_stride: Size, dst: Buf, dst_stride: Size },
+    /// `out[b, :] = x[b, len_b − 1, :]` (or, with `scatter`, `out[b, len_b − 1, :] = x[b, :]`)
+    /// for `[B, steps, width]` sequences; `lengths` holds f32 lengths.
+    LastStep { steps: Size, width: usize, x: Buf, lengths: Buf, out: Buf, scatter: bool },
     /// Runs `body` for t = 0, 1, …, count − 1 (or backwards), the time loop of recurrent
     /// layers; accesses inside offset by `t · step`.
     Loop { count: Size, reverse: bool, body: Vec<Kernel> },

@@ -113,6 +113,15 @@ pub fn rewrite_bufs(k: &mut Kernel, f: &mut dyn FnMut(&mut Buf)) {
             f(dx);
         }
         Kernel::DropoutMask { out, .. } => f(out),
+        Kernel::CopyRows { src, dst, .. } => {
+            f(src);
+            f(dst);
+        }
+        Kernel::LastStep { x, lengths, out, .. } => {
+            f(x);
+            f(lengths);
+            f(out);
+        }
         Kernel::Loop { body, .. } => body.iter_mut().for_each(|k| rewrite_bufs(k, f)),
     }
 }

@@ -8,6 +8,7 @@ pub mod emit_kernels;
 pub mod exec;
 pub mod kernel;
 pub mod memory;
+pub mod recurrent;
 pub mod schedule;
 pub mod step;
 pub mod templates;

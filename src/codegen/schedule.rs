@@ -63,6 +63,9 @@ struct Scheduler<'a> {
     b: Builder,
     buf: HashMap<NodeId, Buf>,
     inline: HashMap<NodeId, bool>,
+    /// Each recurrent application's buffers and saved state, by its operands.
+    rnn_saved: HashMap<Vec<NodeId>, (super::recurrent::Layer, super::recurrent::Saved)>,
+    rnn_grads: HashMap<Vec<NodeId>, super::recurrent::Grads>,
 }
 
 fn f32buf(region: Region, offset_f32: usize) -> Buf {
@@ -415,18 +418,160 @@ impl Scheduler<'_> {
                 self.map_into(n, out, &[], ops[0])?;
             }
             Op::Dropout { .. } | Op::BatchNorm { .. } => return Err(err("unspecialised dropout or batchnorm reached codegen")),
-            Op::Lengths { .. } | Op::SeqMask | Op::SliceSeq { .. } | Op::SliceSeqGrad { .. } | Op::Last | Op::LastGrad | Op::Recurrent { .. } | Op::RecurrentGrad { .. } => {
-                return Err(CodegenError(format!("{}{}", UNSUPPORTED_SEQUENCES, node.op.name())));
+            Op::Lengths { dim, offset } => {
+                let out = self.temp(n);
+                let lens = Buf { region: Region::Lengths(*dim), offset: 0, elem: Elem::I32 };
+                self.b.push(Kernel::Map {
+                    shape: vec![Size::batch(1)],
+                    inputs: vec![Access::new(lens, vec![Size::fixed(1)])],
+                    outputs: vec![(Access::new(out, vec![Size::fixed(1)]), add(input(0), c(*offset as f32)))],
+                });
+            }
+            Op::SeqMask => {
+                let lengths = self.get(ops[0])?;
+                let out = self.temp(n);
+                let t = self.size(&node.shape[1]);
+                // The `[B, T]` index space; a `[B, T, 1]` mask has the same layout.
+                self.b.push(Kernel::Map {
+                    shape: vec![Size::batch(1), t],
+                    inputs: vec![Access::new(lengths, vec![Size::fixed(1), Size::fixed(0)])],
+                    outputs: vec![(Access::new(out, vec![t, Size::fixed(1)]), gt(input(0), Expr::InnerIndex, c(1.0), c(0.0)))],
+                });
+            }
+            Op::SliceSeq { start } => {
+                let x = self.get(ops[0])?;
+                let width: usize = node.shape[2..].iter().map(|d| if let Dim::Fixed(k) = d { *k } else { 1 }).product();
+                let out = if node.dtype == Dtype::I64 {
+                    let len = self.numel(&node.shape);
+                    let b = self.b.temp(Elem::I64, len);
+                    self.buf.insert(n, b);
+                    b
+                } else {
+                    self.temp(n)
+                };
+                let (t_in, t_out) = (self.size(&self.shape(ops[0])[1].clone()), self.size(&node.shape[1]));
+                let w = Size::fixed(width as i64);
+                let eb = if x.elem == Elem::I64 { 8 } else { 4 };
+                self.b.push(Kernel::CopyRows {
+                    rows: Size::batch(1),
+                    len: t_out.times(w),
+                    src: Buf { offset: x.offset + start * width * eb, ..x },
+                    src_stride: t_in.times(w),
+                    dst: out,
+                    dst_stride: t_out.times(w),
+                });
+            }
+            Op::SliceSeqGrad { start } => {
+                let dy = self.get(ops[0])?;
+                let out = self.temp(n);
+                let width: usize = node.shape[2..].iter().map(|d| if let Dim::Fixed(k) = d { *k } else { 1 }).product();
+                let (t_out, t_in) = (self.size(&node.shape[1]), self.size(&self.shape(ops[0])[1].clone()));
+                let len = self.numel(&node.shape);
+                self.b.push(Kernel::Zero { buf: out, len });
+                let w = Size::fixed(width as i64);
+                self.b.push(Kernel::Map {
+                    shape: vec![Size::batch(1), t_in, w],
+                    inputs: vec![Access::new(dy, vec![t_in.times(w), w, Size::fixed(1)])],
+                    outputs: vec![(Access::new(Buf { offset: out.offset + start * width * 4, ..out }, vec![t_out.times(w), w, Size::fixed(1)]), input(0))],
+                });
+            }
+            Op::Last | Op::LastGrad => {
+                let (x, lengths) = (self.get(ops[0])?, self.get(ops[1])?);
+                let out = self.temp(n);
+                let scatter = node.op == Op::LastGrad;
+                let seq_shape = if scatter { node.shape.clone() } else { self.shape(ops[0]).to_vec() };
+                let (_, width) = self.rows_cols(&seq_shape)?;
+                let steps = self.size(&seq_shape[1]);
+                if scatter {
+                    let len = self.numel(&node.shape);
+                    self.b.push(Kernel::Zero { buf: out, len });
+                }
+                self.b.push(Kernel::LastStep { steps, width, x, lengths, out, scatter });
+            }
+            Op::Recurrent { cell, bias, h0, c0 } => {
+                let layer = self.recurrent_layer(&ops, *cell, *bias, *h0, *c0)?;
+                let y = self.temp(n);
+                let saved = super::recurrent::forward(&mut self.b, &layer, y);
+                self.rnn_saved.insert(ops.clone(), (layer, saved));
+            }
+            Op::RecurrentGrad { wrt, .. } => {
+                let (forward_ops, dy) = ops.split_at(ops.len() - 1);
+                let key = forward_ops.to_vec();
+                let grads = match self.rnn_grads.get(&key) {
+                    Some(g) => *g,
+                    None => {
+                        let (layer, saved) = *self.rnn_saved.get(&key).ok_or_else(|| err("a recurrent gradient without its forward pass"))?;
+                        let dy = self.get(dy[0])?;
+                        let g = super::recurrent::backward(&mut self.b, &layer, &saved, dy);
+                        self.rnn_grads.insert(key, g);
+                        g
+                    }
+                };
+                // Operand order: x, lengths, w_ih, w_hh, [b_ih, b_hh], [h0], [c0].
+                let bias = matches!(node.op, Op::RecurrentGrad { bias: true, .. });
+                let h0 = matches!(node.op, Op::RecurrentGrad { h0: true, .. });
+                let mut order = vec![Some(grads.x), None, Some(grads.w_ih), Some(grads.w_hh)];
+                if bias {
+                    order.push(Some(grads.b_ih));
+                    order.push(Some(grads.b_hh));
+                }
+                if h0 {
+                    order.push(Some(grads.h0));
+                }
+                order.push(Some(grads.c0));
+                let buf = order.get(*wrt).copied().flatten().ok_or_else(|| err("gradient of a recurrent layer's lengths"))?;
+                self.buf.insert(n, buf);
             }
         }
         Ok(())
+    }
+
+    fn recurrent_layer(&self, ops: &[NodeId], cell: crate::check::Cell, bias: bool, h0: bool, c0: bool) -> Result<super::recurrent::Layer, CodegenError> {
+        let x_shape = self.shape(ops[0]).to_vec();
+        let input = match x_shape.last() {
+            Some(Dim::Fixed(k)) => *k,
+            _ => return Err(err("recurrent input without a fixed feature axis")),
+        };
+        let hidden = match self.shape(ops[3]).last() {
+            Some(Dim::Fixed(k)) => *k,
+            _ => return Err(err("recurrent weight without a fixed shape")),
+        };
+        let mut next = 4;
+        let mut opt = |present: bool| -> Result<Option<Buf>, CodegenError> {
+            if !present {
+                return Ok(None);
+            }
+            next += 1;
+            self.get(ops[next - 1]).map(Some)
+        };
+        let b_ih = opt(bias)?;
+        let b_hh = opt(bias)?;
+        let h0b = opt(h0)?;
+        let c0b = opt(c0)?;
+        Ok(super::recurrent::Layer {
+            cell,
+            x: self.get(ops[0])?,
+            lengths: self.get(ops[1])?,
+            w_ih: self.get(ops[2])?,
+            w_hh: self.get(ops[3])?,
+            b_ih,
+            b_hh,
+            h0: h0b,
+            c0: c0b,
+            input,
+            hidden,
+            steps: self.size(&x_shape[1]),
+        })
     }
 
     fn matmul(&mut self, n: NodeId, ops: &[NodeId], ta: bool, tb: bool) -> Result<(), CodegenError> {
         let (a, b) = (ops[0], ops[1]);
         let (ra, ca) = self.rows_cols(self.shape(a))?;
         let (rb, cb) = self.rows_cols(self.shape(b))?;
-        let batched = self.shape(a).len() > 2 && self.shape(b).len() > 2;
+        // Leading axes merge into rows when one side is a plain matrix (linear layers and
+        // their weight gradients, whose 2-D result sums over every row).
+        let out_rank = self.p.graph.node(n).shape.len();
+        let batched = self.shape(a).len() > 2 && self.shape(b).len() > 2 && out_rank > 2;
         if batched {
             return Err(err("batched `@` of two tensors with leading axes is not supported yet"));
         }
@@ -536,7 +681,16 @@ impl Scheduler<'_> {
 /// Schedules one program.
 pub fn schedule(p: &Program, job: &Job, layout: &StateLayout) -> Result<ProgramSpec, CodegenError> {
     let order = p.schedule();
-    let mut s = Scheduler { p, layout, job, b: Builder::default(), buf: HashMap::new(), inline: HashMap::new() };
+    let mut s = Scheduler {
+        p,
+        layout,
+        job,
+        b: Builder::default(),
+        buf: HashMap::new(),
+        inline: HashMap::new(),
+        rnn_saved: HashMap::new(),
+        rnn_grads: HashMap::new(),
+    };
     s.plan_inlining(&order);
     for n in order {
         s.node(n)?;

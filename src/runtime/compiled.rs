@@ -105,31 +105,67 @@ impl CompiledJob {
 }
 
 /// Contiguous batch buffers, allocated once for the largest batch and reused every step.
+/// Sequences are padded with id 0 to the batch's longest row; their lengths go alongside.
 pub struct BatchBuffers {
     f32s: Vec<Vec<f32>>,
     i64s: Vec<Vec<i64>>,
-    /// Per input: (is i64, index into the typed buffers, values per row).
-    slots: Vec<(bool, usize, usize)>,
+    /// Per input: (kind, index into the typed buffers, values per row or sequence dim).
+    slots: Vec<(Slot, usize, usize)>,
     ptrs: Vec<*const u8>,
+    /// Per sequence dimension: lengths of the current batch's rows.
+    lengths: Vec<Vec<i32>>,
+    length_ptrs: Vec<*const i32>,
+    /// Per sequence dimension: the current batch's padded length.
+    padded: Vec<i64>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Slot {
+    F32,
+    I64,
+    Seq,
 }
 
 impl BatchBuffers {
     pub fn new(job: &Job, max_rows: usize) -> Result<BatchBuffers, Diagnostic> {
-        let mut b = BatchBuffers { f32s: Vec::new(), i64s: Vec::new(), slots: Vec::new(), ptrs: Vec::new() };
+        let names = job.seq_names();
+        let mut b = BatchBuffers {
+            f32s: Vec::new(),
+            i64s: Vec::new(),
+            slots: Vec::new(),
+            ptrs: Vec::new(),
+            lengths: vec![vec![0; max_rows.max(1)]; names.len()],
+            length_ptrs: Vec::new(),
+            padded: vec![0; names.len()],
+        };
+        let longest = |field: usize| {
+            [Some(&job.data.train), job.data.eval.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(|t| match &t.fields[field].values {
+                    Values::Seq { offsets, .. } => offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0),
+                    _ => 0,
+                })
+                .max()
+                .unwrap_or(0)
+        };
         for input in &job.inputs {
             match &job.data.train.fields[input.field].values {
                 Values::F32 { shape, .. } => {
                     let w = shape.iter().product::<usize>().max(1);
                     b.f32s.push(vec![0.0; max_rows * w]);
-                    b.slots.push((false, b.f32s.len() - 1, w));
+                    b.slots.push((Slot::F32, b.f32s.len() - 1, w));
                 }
                 Values::I64 { shape, .. } => {
                     let w = shape.iter().product::<usize>().max(1);
                     b.i64s.push(vec![0; max_rows * w]);
-                    b.slots.push((true, b.i64s.len() - 1, w));
+                    b.slots.push((Slot::I64, b.i64s.len() - 1, w));
                 }
                 Values::Seq { .. } => {
-                    return Err(Diagnostic::at(input.span, "variable-length inputs are not supported by the training loop yet", "a sequence input"));
+                    let (name, _) = input.ty.seq().expect("a sequence input");
+                    let dim = names.iter().position(|n| n == name).expect("registered");
+                    b.i64s.push(vec![0; max_rows * longest(input.field).max(1)]);
+                    b.slots.push((Slot::Seq, b.i64s.len() - 1, dim));
                 }
             }
         }
@@ -138,27 +174,41 @@ impl BatchBuffers {
 
     /// Gathers `rows` of `table` into the buffers and returns the batch view.
     pub fn fill<'a>(&'a mut self, job: &Job, table: &Table, rows: &[usize], rng_key: u64) -> BatchView<'a> {
-        for (input, &(is_i64, k, w)) in job.inputs.iter().zip(&self.slots) {
-            match (&table.fields[input.field].values, is_i64) {
-                (Values::F32 { data, .. }, false) => {
+        for (input, &(slot, k, w)) in job.inputs.iter().zip(&self.slots) {
+            match (&table.fields[input.field].values, slot) {
+                (Values::F32 { data, .. }, Slot::F32) => {
                     let dst = &mut self.f32s[k];
                     for (i, r) in rows.iter().enumerate() {
                         dst[i * w..(i + 1) * w].copy_from_slice(&data[r * w..(r + 1) * w]);
                     }
                 }
-                (Values::I64 { data, .. }, true) => {
+                (Values::I64 { data, .. }, Slot::I64) => {
                     let dst = &mut self.i64s[k];
                     for (i, r) in rows.iter().enumerate() {
                         dst[i * w..(i + 1) * w].copy_from_slice(&data[r * w..(r + 1) * w]);
+                    }
+                }
+                (Values::Seq { ids, offsets }, Slot::Seq) => {
+                    let dim = w;
+                    let t = rows.iter().map(|&r| offsets[r + 1] - offsets[r]).max().unwrap_or(0);
+                    self.padded[dim] = t as i64;
+                    let dst = &mut self.i64s[k][..rows.len() * t];
+                    dst.fill(0);
+                    for (i, r) in rows.iter().enumerate() {
+                        let row = &ids[offsets[*r]..offsets[r + 1]];
+                        dst[i * t..i * t + row.len()].copy_from_slice(row);
+                        self.lengths[dim][i] = row.len() as i32;
                     }
                 }
                 _ => unreachable!("train and eval fields have the same kind"),
             }
         }
         self.ptrs.clear();
-        for &(is_i64, k, _) in &self.slots {
-            self.ptrs.push(if is_i64 { self.i64s[k].as_ptr() as *const u8 } else { self.f32s[k].as_ptr() as *const u8 });
+        for &(slot, k, _) in &self.slots {
+            self.ptrs.push(if slot == Slot::F32 { self.f32s[k].as_ptr() as *const u8 } else { self.i64s[k].as_ptr() as *const u8 });
         }
-        BatchView { inputs: &self.ptrs, lengths: &[], rows: rows.len(), seq: &[], rng_key }
+        self.length_ptrs.clear();
+        self.length_ptrs.extend(self.lengths.iter().map(|l| l.as_ptr()));
+        BatchView { inputs: &self.ptrs, lengths: &self.length_ptrs, rows: rows.len(), seq: &self.padded, rng_key }
     }
 }
