@@ -149,3 +149,16 @@ fn a_diverging_run_stops_with_exit_1_naming_epoch_and_step() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("epoch 1, step 1"), "{stderr}");
 }
+
+#[test]
+fn sequence_examples_reach_their_accuracy_floors() {
+    let dir = std::env::temp_dir().join(format!("kpc-seq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    for (example, floor) in [("words_gru", 0.70), ("docnames_seq2seq", 0.25)] {
+        let m = dir.join(format!("{example}.jsonl"));
+        let out = kpc(&["run", &format!("examples/{example}.train"), "--metrics", m.to_str().expect("path"), "--quiet"]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let acc = final_eval(&m, "eval_accuracy");
+        assert!(acc >= floor, "{example}: eval accuracy {acc} < {floor}");
+    }
+}
