@@ -4,7 +4,9 @@
 //! trajectories PyTorch recorded (tests/reference/torch_ref.py → tests/golden/torch/).
 //!
 //! Tolerance: relative 1e-4 on every step loss (f32 MLPs; the trajectories agree to ~1e-5
-//! over 50–84 steps) and on eval values; the learning rate to 1e-6 (both are f64 closed
+//! over 50–84 steps) and on eval values; 1e-3 for the recurrent jobs (32 steps each; they
+//! agree to ~5e-6 here, but sums over time steps in f32 round differently between
+//! implementations, so the bound leaves room for other machines' instruction choices); the learning rate to 1e-6 (both are f64 closed
 //! forms). The eval loss PyTorch computes on kpc's own `--save` output must equal kpc's
 //! final eval loss to 1e-5: checkpoints load into the equivalent nn.Module unchanged.
 
@@ -29,6 +31,12 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
 }
 
 fn replay(name: &str) {
+    replay_with(name, 1e-4, 50);
+}
+
+/// `rel`: the relative tolerance on step losses and eval values; `min_steps`: how long the
+/// trajectory must be.
+fn replay_with(name: &str, rel: f64, min_steps: usize) {
     let job_path = Path::new("tests/reference/jobs").join(format!("{name}.train"));
     let mut sources = SourceMap::new();
     let job = kpc::check::check_file(&job_path, &mut sources).unwrap_or_else(|d| panic!("{}", kpc::diag::render_all(&d, &sources)));
@@ -46,10 +54,10 @@ fn replay(name: &str) {
     let torch = records(&Path::new("tests/golden/torch").join(format!("{name}.jsonl")));
     let (our_steps, torch_steps) = (of_kind(&ours, "step"), of_kind(&torch, "step"));
     assert_eq!(our_steps.len(), torch_steps.len(), "{name}: step count");
-    assert!(our_steps.len() >= 50, "{name}: at least 50 steps");
+    assert!(our_steps.len() >= min_steps, "{name}: at least {min_steps} steps");
     for (a, b) in our_steps.iter().zip(&torch_steps) {
         let (la, lb) = (a["loss"].as_f64().expect("loss"), b["loss"].as_f64().expect("loss"));
-        assert!(close(la, lb, 1e-4), "{name} step {}: loss {la} vs PyTorch {lb}", b["step"]);
+        assert!(close(la, lb, rel), "{name} step {}: loss {la} vs PyTorch {lb}", b["step"]);
         let (ra, rb) = (a["lr"].as_f64().expect("lr"), b["lr"].as_f64().expect("lr"));
         assert!(close(ra, rb, 1e-6), "{name} step {}: lr {ra} vs PyTorch {rb}", b["step"]);
     }
@@ -59,7 +67,7 @@ fn replay(name: &str) {
         for (key, want) in b.as_object().expect("object") {
             if key.starts_with("eval_") || key == "train_loss" {
                 let (got, want) = (a[key].as_f64().unwrap_or(f64::NAN), want.as_f64().expect("number"));
-                assert!(close(got, want, 1e-4), "{name} epoch {}: {key} {got} vs PyTorch {want}", b["epoch"]);
+                assert!(close(got, want, rel), "{name} epoch {}: {key} {got} vs PyTorch {want}", b["epoch"]);
             }
         }
     }
@@ -98,4 +106,24 @@ fn weighted_bce_with_logits_mse_l1_exponential_per_step() {
 #[test]
 fn sgd_dampening_regression_drop_last() {
     replay("wine_regression_sgd");
+}
+
+#[test]
+fn rnn_tanh_mean_readout_summed_loss() {
+    replay_with("words_rnn_mean", 1e-3, 30);
+}
+
+#[test]
+fn gru_last_step_readout_adam() {
+    replay_with("words_gru_last", 1e-3, 30);
+}
+
+#[test]
+fn lstm_last_step_readout_rmsprop() {
+    replay_with("words_lstm_last", 1e-3, 30);
+}
+
+#[test]
+fn gru_encoder_decoder_with_h0_slices_ignore_index_and_clipping() {
+    replay_with("docnames_gru_seq2seq", 1e-3, 30);
 }

@@ -139,7 +139,14 @@ impl Scheduler<'_> {
             let users: Vec<NodeId> = self.p.graph.users(n).into_iter().filter(|u| live.contains(u)).collect();
             let inline = match &node.op {
                 Op::Const(_) | Op::Runtime(_) => true,
-                Op::Broadcast => self.p.graph.operands(n).iter().all(|o| !matches!(self.p.graph.node(*o).op, Op::Elementwise(_)) || self.is_leaf_scalar(*o)),
+                // A broadcast is an index map, free to inline into every map or reduction that
+                // reads it; a consumer that needs memory (a GEMM, a recurrent layer) gets a
+                // materialised copy.
+                Op::Broadcast => {
+                    let operand_ok = self.p.graph.operands(n).iter().all(|o| !matches!(self.p.graph.node(*o).op, Op::Elementwise(_)) || self.is_leaf_scalar(*o));
+                    let users_fuse = users.iter().all(|u| matches!(self.p.graph.node(*u).op, Op::Elementwise(_) | Op::Assign | Op::Output(_) | Op::SumTo | Op::ClipScale { .. }));
+                    operand_ok && users_fuse
+                }
                 Op::Elementwise(_) if !effects.contains(&n) && users.len() == 1 => {
                     let u = users[0];
                     let user = self.p.graph.node(u);

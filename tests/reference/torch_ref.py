@@ -214,6 +214,165 @@ def job_wine_regression_sgd():
     )
 
 
+# ---------------------------------------------------------------------------------------
+# Sequence jobs: jsonl data encoded by LANGUAGE.md §3's rules, packed sequences.
+
+REF_DATA = ROOT / "tests" / "reference" / "data"
+
+
+def tokens(text, unit, max_len=None):
+    t = list(text) if unit == "chars" else text.split()
+    return t[:max_len] if max_len else t
+
+
+def vocab(rows, min_freq=1, special=False):
+    from collections import Counter
+    counts = Counter(tok for r in rows for tok in r)
+    first = 4 if special else 2
+    kept = sorted((tok for tok, c in counts.items() if c >= min_freq), key=lambda tok: (-counts[tok], tok))
+    return {tok: first + i for i, tok in enumerate(kept)}
+
+
+def encode(rows, ids, bos=False, eos=False):
+    out = []
+    for r in rows:
+        seq = [ids.get(t, 1) for t in r]
+        if bos:
+            seq = [2] + seq
+        if eos:
+            seq = seq + [3]
+        out.append(seq)
+    return out
+
+
+def read_jsonl(name):
+    with open(REF_DATA / name) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def words_data():
+    tr, te = read_jsonl("words_small_train.jsonl"), read_jsonl("words_small_test.jsonl")
+    ids = vocab([tokens(r["word"], "chars") for r in tr])
+    classes = sorted({r["lang"] for r in tr})
+    cls = {c: i for i, c in enumerate(classes)}
+    def enc(rows):
+        return encode([tokens(r["word"], "chars") for r in rows], ids), torch.tensor([cls[r["lang"]] for r in rows])
+    return enc(tr), enc(te), len(ids) + 2, len(classes)
+
+
+def pad(seqs):
+    t = max(len(s) for s in seqs)
+    x = torch.zeros(len(seqs), t, dtype=torch.int64)
+    for i, s in enumerate(seqs):
+        x[i, :len(s)] = torch.tensor(s, dtype=torch.int64)
+    return x, torch.tensor([len(s) for s in seqs])
+
+
+class SeqClassifier(nn.Module):
+    """embedding → rnn/gru/lstm (packed) → mean or last → linear."""
+
+    def __init__(self, kind, vocab_size, classes, readout):
+        super().__init__()
+        self.emb = nn.Embedding(vocab_size, 16, padding_idx=0)
+        self.rnn = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[kind](16, 32, batch_first=True)
+        self.out = nn.Linear(32, classes)
+        self.readout = readout
+
+    def forward(self, batch):
+        x, lengths = batch
+        packed = nn.utils.rnn.pack_padded_sequence(self.emb(x), lengths, batch_first=True, enforce_sorted=False)
+        out, h = self.rnn(packed)
+        if self.readout == "last":
+            h = h[0] if isinstance(h, tuple) else h
+            z = h[0]
+        else:
+            y, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)
+            z = y.sum(dim=1) / lengths.unsqueeze(1).to(y.dtype)
+        return self.out(z)
+
+
+def seq_job(kind, readout, opt, loss_red="mean"):
+    (trx, try_), (tex, tey), v, c = words_data()
+    return dict(
+        module=SeqClassifier(kind, v, c, readout),
+        train=(trx, try_), eval=(tex, tey), collate=pad,
+        loss=[(1.0, lambda o, y, red: F.cross_entropy(o, y, reduction=red), loss_red)],
+        metrics={"eval_accuracy": accuracy_classes},
+        opt=opt, base_lr=opt([nn.Parameter(torch.zeros(1))]).param_groups[0]["lr"],
+        schedule=("constant", {}, "epoch", 0),
+        epochs=1, batch_size=64, accumulate=1, clip=None, drop_last=False,
+    )
+
+
+def job_words_rnn_mean():
+    return seq_job("rnn", "mean", lambda p: torch.optim.SGD(p, lr=0.002, momentum=0.9), "sum")
+
+
+def job_words_gru_last():
+    return seq_job("gru", "last", lambda p: torch.optim.Adam(p, lr=3e-3))
+
+
+def job_words_lstm_last():
+    return seq_job("lstm", "last", lambda p: torch.optim.RMSprop(p, lr=3e-3))
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, vs, vt):
+        super().__init__()
+        self.src_emb = nn.Embedding(vs, 16, padding_idx=0)
+        self.tgt_emb = nn.Embedding(vt, 16, padding_idx=0)
+        self.encoder = nn.GRU(16, 32, batch_first=True)
+        self.decoder = nn.GRU(16, 32, batch_first=True)
+        self.proj = nn.Linear(32, vt)
+
+    def forward(self, batch):
+        (doc, dl), (name, nl) = batch
+        packed = nn.utils.rnn.pack_padded_sequence(self.src_emb(doc), dl, batch_first=True, enforce_sorted=False)
+        _, h = self.encoder(packed)
+        inp = name[:, :-1]
+        packed = nn.utils.rnn.pack_padded_sequence(self.tgt_emb(inp), nl - 1, batch_first=True, enforce_sorted=False)
+        out, _ = self.decoder(packed, h)
+        y, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=inp.shape[1])
+        return self.proj(y)
+
+
+def job_docnames_gru_seq2seq():
+    tr, te = read_jsonl("docnames_small_train.jsonl"), read_jsonl("docnames_small_test.jsonl")
+    dv = vocab([tokens(r["doc"], "words", 20) for r in tr], min_freq=2)
+    nv = vocab([tokens(r["name"], "words") for r in tr], min_freq=2, special=True)
+    def enc(rows):
+        d = encode([tokens(r["doc"], "words", 20) for r in rows], dv)
+        n = encode([tokens(r["name"], "words") for r in rows], nv, bos=True, eos=True)
+        return list(zip(d, n)), n
+    (trx, trn), (tex, ten) = enc(tr), enc(te)
+    def collate(pairs):
+        return pad([p[0] for p in pairs]), pad([p[1] for p in pairs])
+    def targets(rows):
+        return rows
+    def ce(o, names, red):
+        tgt, _ = pad([n for n in names])
+        tgt = tgt[:, 1:]
+        return F.cross_entropy(o.reshape(-1, o.shape[-1]), tgt.reshape(-1), ignore_index=0, reduction=red)
+    def acc(o, names):
+        tgt, _ = pad([n for n in names])
+        tgt = tgt[:, 1:]
+        valid = tgt != 0
+        return ((o.argmax(-1) == tgt) & valid).sum().item(), valid.sum().item()
+    def count(names):
+        tgt, _ = pad([n for n in names])
+        return (tgt[:, 1:] != 0).sum().item()
+    return dict(
+        module=Seq2Seq(len(dv) + 2, len(nv) + 4),
+        train=(trx, trn), eval=(tex, ten), collate=collate, count=count,
+        loss=[(1.0, ce, "mean")],
+        metrics={"eval_accuracy": acc},
+        opt=lambda p: torch.optim.Adam(p, lr=3e-3),
+        base_lr=3e-3,
+        schedule=("exponential_lr", dict(gamma=0.99), "step", 0),
+        epochs=1, batch_size=64, accumulate=1, clip=1.0, drop_last=False,
+    )
+
+
 JOBS = {name[4:]: fn for name, fn in globals().items() if name.startswith("job_")}
 
 
@@ -221,6 +380,11 @@ JOBS = {name[4:]: fn for name, fn in globals().items() if name.startswith("job_"
 
 def loss_value(terms, out, y):
     return sum(w * fn(out, y, red) for w, fn, red in terms)
+
+
+def batch_of(job, x, i, bs):
+    xb = x[i:i + bs]
+    return job["collate"](xb) if "collate" in job else xb
 
 
 def evaluate(job, module):
@@ -232,7 +396,7 @@ def evaluate(job, module):
     metric_sums = {k: [0.0, 0] for k in job["metrics"]}
     with torch.no_grad():
         for i in range(0, len(x), bs):
-            out = module(x[i:i + bs])
+            out = module(batch_of(job, x, i, bs))
             yb = y[i:i + bs]
             for k, (w, fn, red) in enumerate(job["loss"]):
                 sums[k] += fn(out, yb, "sum").item()
@@ -240,7 +404,7 @@ def evaluate(job, module):
                 s, n = fn(out, yb)
                 metric_sums[k][0] += s
                 metric_sums[k][1] = None if n is None else metric_sums[k][1] + n
-    n = len(x)
+    n = job["count"](y) if "count" in job else len(x)
     loss = sum(w * (s / n if red == "mean" else s) for (w, _, red), s in zip(job["loss"], sums))
     rec = {"eval_loss": loss}
     for k, (s, cnt) in metric_sums.items():
@@ -274,7 +438,7 @@ def train(job, out):
             opt.zero_grad()
             micro = []
             for s in group:
-                out_b = module(x[s:s + bs])
+                out_b = module(batch_of(job, x, s, bs))
                 loss = loss_value(job["loss"], out_b, y[s:s + bs])
                 (loss / k).backward()
                 micro.append(loss.item())
