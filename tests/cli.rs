@@ -162,3 +162,31 @@ fn sequence_examples_reach_their_accuracy_floors() {
         assert!(acc >= floor, "{example}: eval accuracy {acc} < {floor}");
     }
 }
+
+#[test]
+fn pretrained_embeddings_load_and_stay_frozen() {
+    let dir = std::env::temp_dir().join(format!("kpc-pretrained-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let here = std::env::current_dir().expect("cwd");
+    let data = here.join("tests/reference/data");
+    let job = format!(
+        "data {{ train = jsonl(\"{d}/words_small_train.jsonl\", chars = chars(\"word\"), lang = label(\"lang\")) }}\n\
+         model {{ input chars: i64[seq]\n input lang: i64\n\
+         emb = embedding(chars.vocab, 16, padding_idx = 0, from = \"{d}/words_small_emb.npy\")\n\
+         rnn = gru(16, 8)\n out = linear(8, lang.classes)\n logits = chars |> emb |> rnn |> last |> out }}\n\
+         loss cross_entropy(logits, lang)\noptimizer adam(lr = 1e-2)\ntrain {{ epochs = 1 }}\n",
+        d = data.display()
+    );
+    let file = dir.join("pretrained.train");
+    std::fs::write(&file, job).expect("write job");
+    let saved = dir.join("w.safetensors");
+    let out = kpc(&["run", file.to_str().expect("path"), "--save", saved.to_str().expect("path"), "--quiet"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&saved).expect("checkpoint");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let emb: Vec<f32> = st.tensor("emb.weight").expect("emb.weight").data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    // The .npy holds 49×16 little-endian f32 after its header; compare the tail.
+    let npy = std::fs::read(data.join("words_small_emb.npy")).expect("npy");
+    let rows: Vec<f32> = npy[npy.len() - 49 * 16 * 4..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    assert_eq!(emb, rows, "a frozen pretrained embedding is saved exactly as loaded");
+}

@@ -127,3 +127,8 @@ fn lstm_last_step_readout_rmsprop() {
 fn gru_encoder_decoder_with_h0_slices_ignore_index_and_clipping() {
     replay_with("docnames_gru_seq2seq", 1e-3, 30);
 }
+
+#[test]
+fn batchnorm_over_valid_steps_of_a_sequence() {
+    replay_with("words_gru_batchnorm", 1e-3, 30);
+}

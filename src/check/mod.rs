@@ -142,7 +142,7 @@ fn check_model(
     let loaded = data_bind::load(data, &declared, base, sources)?;
     // Inputs in declaration order, each with its field index.
     let mut inputs = Vec::new();
-    let mut facts = values::DataFacts { vocab: HashMap::new(), classes: HashMap::new() };
+    let mut facts = values::DataFacts { vocab: HashMap::new(), classes: HashMap::new(), pretrained: load_pretrained(model, base, sources)? };
     for d in &declared {
         let field = loaded.train.fields.iter().position(|f| f.name == d.decl.name.name).expect("binding checked");
         let mut shape = vec![Dim::Batch];
@@ -184,6 +184,57 @@ fn check_model(
     let (nodes, remap) = compact(nodes, &roots);
     let metric_list = metric_list.into_iter().map(|m| Metric { input: remap[m.input], target: remap[m.target], ..m }).collect();
     Ok((inputs, layers, nodes, remap[loss_node], metric_list, BoundData { train: loaded.train, eval: loaded.eval }))
+}
+
+/// Loads every `embedding(…, from = "file")` of the model: a `.npy` array or the tensor
+/// `weight` of a `.safetensors` file, `[num, dim]` f32 (f64 converted), through the same
+/// validated loaders as data sources.
+fn load_pretrained(model: &ast::Model, base: &Path, sources: &mut SourceMap) -> Result<HashMap<Span, (Vec<f32>, usize, usize)>, Diagnostic> {
+    use crate::data::{FieldKind, FieldSpec, Format, SourceSpec};
+    let mut out = HashMap::new();
+    for s in &model.stmts {
+        let ast::ModelStmt::Assign(b) = s else { continue };
+        let ast::ExprKind::Call { callee, args } = &b.value.kind else { continue };
+        if !matches!(&callee.kind, ast::ExprKind::Name(n) if n == "embedding") {
+            continue;
+        }
+        for a in args {
+            let (Some(name), ast::ExprKind::Str(file)) = (&a.name, &a.value.kind) else { continue };
+            if name.name != "from" {
+                continue;
+            }
+            let span = a.value.span;
+            let path = base.join(file);
+            let spec = if file.ends_with(".safetensors") {
+                SourceSpec {
+                    format: Format::Safetensors,
+                    path: Some((path, span)),
+                    span,
+                    fields: vec![FieldSpec { name: "weight".into(), name_span: span, dtype: Dtype::F32, kind: FieldKind::SafetensorsTensor { tensor: "weight".into(), span } }],
+                }
+            } else if file.ends_with(".npy") {
+                SourceSpec {
+                    format: Format::Npy,
+                    path: None,
+                    span,
+                    fields: vec![FieldSpec { name: "weight".into(), name_span: span, dtype: Dtype::F32, kind: FieldKind::NpyFile { path, span } }],
+                }
+            } else {
+                return Err(Diagnostic::at(span, "pretrained rows come from a `.npy` or `.safetensors` file", "unknown file kind"));
+            };
+            let table = crate::data::load(&spec, None, sources)?;
+            match &table.fields[0].values {
+                DataValues::F32 { data, shape } if shape.len() == 1 => {
+                    out.insert(span, (data.clone(), table.rows, shape[0]));
+                }
+                DataValues::F32 { shape, .. } => {
+                    return Err(Diagnostic::at(span, format!("pretrained rows must form a matrix [num, dim], found {} axes", shape.len() + 1), "not a matrix"));
+                }
+                _ => unreachable!("f32 requested"),
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Keeps only the nodes the roots use (values typed for diagnostics alone are dropped),

@@ -39,6 +39,9 @@ pub(super) struct DataFacts {
     pub vocab: HashMap<String, usize>,
     /// input name → class count.
     pub classes: HashMap<String, usize>,
+    /// Pretrained embedding rows loaded for `from = "…"`, by the span of the path string:
+    /// (values, rows, row width).
+    pub pretrained: HashMap<Span, (Vec<f32>, usize, usize)>,
 }
 
 pub(super) struct Values<'a> {
@@ -303,11 +306,20 @@ impl<'a> Values<'a> {
             _ => None,
         };
         let freeze = self.flag(b, "freeze", from.is_some())?;
-        if let Some((_, span)) = from {
-            return Err(Diagnostic::at(span, "pretrained embeddings (`from = ...`) are not supported yet", "not supported yet")
-                .with_note("remove `from` to train the embedding from a random start"));
-        }
-        Ok(LayerKind::Embedding { num, dim, padding_idx, pretrained: None, freeze })
+        let pretrained = match from {
+            None => None,
+            Some((_, span)) => {
+                let (rows, n, width) = self.facts.pretrained.get(&span).cloned().ok_or_else(|| {
+                    Diagnostic::at(span, "pretrained rows must be named by a string literal", "expected `from = \"file.npy\"`")
+                })?;
+                if n != num || width != dim {
+                    return Err(Diagnostic::at(span, format!("the pretrained rows are [{n}, {width}], but the embedding is [{num}, {dim}]"), format!("holds [{n}, {width}]"))
+                        .with_note("`from` must hold exactly `num` rows of `dim` values"));
+                }
+                Some(rows)
+            }
+        };
+        Ok(LayerKind::Embedding { num, dim, padding_idx, pretrained, freeze })
     }
 
     /// Resolves `name` as seen from statement `at`.

@@ -304,9 +304,6 @@ impl Lowerer<'_> {
                 }
             }
             LayerKind::BatchNorm { eps, momentum, affine, .. } => {
-                if shape.len() != 2 {
-                    return Err(self.unsupported("batchnorm over a sequence"));
-                }
                 let first_buffer = base + if *affine { 2 } else { 0 };
                 let rm = self.state(first_buffer);
                 let rv = self.state(first_buffer + 1);
@@ -314,6 +311,10 @@ impl Lowerer<'_> {
                 if *affine {
                     operands.push(self.state(base));
                     operands.push(self.state(base + 1));
+                }
+                // Over [B, T, C] only valid steps count: the mask rides along as the last operand.
+                if let Some(mask) = self.mask_of(x, true) {
+                    operands.push(mask);
                 }
                 let op = Op::BatchNorm { eps: *eps as f32, momentum: *momentum as f32, affine: *affine, state: first_buffer };
                 self.add(op, &operands, shape)

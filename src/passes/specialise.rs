@@ -53,11 +53,21 @@ pub fn specialise(g: &mut Graph, mode: Mode) -> Vec<NodeId> {
                 let (centered, var) = match mode {
                     Mode::Eval => (ew(g, E::Sub, &[x, rm]), rv),
                     Mode::Train => {
-                        let rows = add(g, Op::Runtime(Runtime::BatchRows), &[], vec![]);
-                        let sum = add(g, Op::SumTo, &[x], channels.clone());
+                        // The statistics count rows — or, over sequences, valid steps only
+                        // (BatchNorm1d on the packed [N_valid, C] data).
+                        let masked = ops.len() == if affine { 6 } else { 4 };
+                        let (rows, xs) = if masked {
+                            let mask = *ops.last().expect("mask operand");
+                            let n = add(g, Op::SumTo, &[mask], vec![]);
+                            (n, ew(g, E::Mul, &[x, mask]))
+                        } else {
+                            (add(g, Op::Runtime(Runtime::BatchRows), &[], vec![]), x)
+                        };
+                        let sum = add(g, Op::SumTo, &[xs], channels.clone());
                         let mean = ew(g, E::Div, &[sum, rows]);
                         let centered = ew(g, E::Sub, &[x, mean]);
                         let sq = ew(g, E::Mul, &[centered, centered]);
+                        let sq = if masked { ew(g, E::Mul, &[sq, *ops.last().expect("mask operand")]) } else { sq };
                         let sq_sum = add(g, Op::SumTo, &[sq], channels.clone());
                         let var = ew(g, E::Div, &[sq_sum, rows]);
                         // running ← (1 − m)·running + m·batch, with the unbiased variance.

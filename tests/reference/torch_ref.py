@@ -316,6 +316,32 @@ def job_words_lstm_last():
     return seq_job("lstm", "last", lambda p: torch.optim.RMSprop(p, lr=3e-3))
 
 
+class SeqBatchNorm(nn.Module):
+    """embedding → gru → BatchNorm1d on the packed data → mean over valid steps → linear."""
+
+    def __init__(self, vocab_size, classes):
+        super().__init__()
+        self.emb = nn.Embedding(vocab_size, 16, padding_idx=0)
+        self.rnn = nn.GRU(16, 32, batch_first=True)
+        self.bn = nn.BatchNorm1d(32)
+        self.out = nn.Linear(32, classes)
+
+    def forward(self, batch):
+        x, lengths = batch
+        packed = nn.utils.rnn.pack_padded_sequence(self.emb(x), lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        normed = nn.utils.rnn.PackedSequence(self.bn(out.data), out.batch_sizes, out.sorted_indices, out.unsorted_indices)
+        y, _ = nn.utils.rnn.pad_packed_sequence(normed, batch_first=True)
+        return self.out(y.sum(dim=1) / lengths.unsqueeze(1).to(y.dtype))
+
+
+def job_words_gru_batchnorm():
+    job = seq_job("gru", "mean", lambda p: torch.optim.Adam(p, lr=3e-3))
+    (_, _), (_, _), v, c = words_data()
+    job["module"] = SeqBatchNorm(v, c)
+    return job
+
+
 class Seq2Seq(nn.Module):
     def __init__(self, vs, vt):
         super().__init__()
