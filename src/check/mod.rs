@@ -189,7 +189,7 @@ fn check_model(
 /// Loads every `embedding(…, from = "file")` of the model: a `.npy` array or the tensor
 /// `weight` of a `.safetensors` file, `[num, dim]` f32 (f64 converted), through the same
 /// validated loaders as data sources.
-fn load_pretrained(model: &ast::Model, base: &Path, sources: &mut SourceMap) -> Result<HashMap<Span, (Vec<f32>, usize, usize)>, Diagnostic> {
+fn load_pretrained(model: &ast::Model, base: &Path, sources: &mut SourceMap) -> Result<HashMap<Span, values::Pretrained>, Diagnostic> {
     use crate::data::{FieldKind, FieldSpec, Format, SourceSpec};
     let mut out = HashMap::new();
     for s in &model.stmts {

@@ -41,8 +41,11 @@ pub(super) struct DataFacts {
     pub classes: HashMap<String, usize>,
     /// Pretrained embedding rows loaded for `from = "…"`, by the span of the path string:
     /// (values, rows, row width).
-    pub pretrained: HashMap<Span, (Vec<f32>, usize, usize)>,
+    pub pretrained: HashMap<Span, Pretrained>,
 }
+
+/// Pretrained embedding rows: (row-major values, rows, row width).
+pub(super) type Pretrained = (Vec<f32>, usize, usize);
 
 pub(super) struct Values<'a> {
     stmts: &'a [ModelStmt],
