@@ -618,18 +618,20 @@ impl Scheduler<'_> {
         let mut outputs: Vec<(Access, Expr)> = Vec::new();
         let param_out = flat(self.get(ops[0])?);
         // `a + w·(b − a)` or `b − (b − a)·(1 − w)` as torch.lerp picks by the weight.
-        let lerp = |a: Expr, b: Expr, w: f32| if w < 0.5 { add(a.clone(), mul(c(w), sub(b, a))) } else { sub(b.clone(), mul(sub(b, a), c(1.0 - w))) };
+        // Constants are derived in f64 (PyTorch's Python floats) and rounded once.
+        let k = |v: f64| c(v as f32);
+        let lerp = |a: Expr, b: Expr, w: f64| if w < 0.5 { add(a.clone(), mul(k(w), sub(b, a))) } else { sub(b.clone(), mul(sub(b, a), k(1.0 - w))) };
         match rule {
             Update::Sgd { momentum, dampening, weight_decay, nesterov } => {
-                let g = if weight_decay != 0.0 { add(g, mul(c(weight_decay), p.clone())) } else { g };
+                let g = if weight_decay != 0.0 { add(g, mul(k(weight_decay), p.clone())) } else { g };
                 let dir = if momentum != 0.0 {
                     let buf = input(2);
                     let first = Expr::Scalar(crate::ir::op::Runtime::FirstStep.slot());
                     // First step: buf = g; later buf = μ·buf + (1 − dampening)·g.
-                    let later = add(mul(buf, c(momentum)), mul(c(1.0 - dampening), g.clone()));
+                    let later = add(mul(buf, k(momentum)), mul(k(1.0 - dampening), g.clone()));
                     let new_buf = gt(first, c(0.5), g.clone(), later);
                     outputs.push((flat(self.get(ops[2])?), new_buf.clone()));
-                    if nesterov { add(g, mul(c(momentum), new_buf)) } else { new_buf }
+                    if nesterov { add(g, mul(k(momentum), new_buf)) } else { new_buf }
                 } else {
                     g
                 };
@@ -637,9 +639,9 @@ impl Scheduler<'_> {
             }
             Update::Adam { beta1, beta2, eps, weight_decay, amsgrad, decoupled } => {
                 let p1 = if decoupled && weight_decay != 0.0 { mul(p.clone(), Expr::Scalar(crate::ir::op::Runtime::DecayFactor.slot())) } else { p.clone() };
-                let g = if !decoupled && weight_decay != 0.0 { add(g, mul(c(weight_decay), p)) } else { g };
+                let g = if !decoupled && weight_decay != 0.0 { add(g, mul(k(weight_decay), p)) } else { g };
                 let m = lerp(input(2), g.clone(), 1.0 - beta1);
-                let v = add(mul(input(3), c(beta2)), mul(mul(c(1.0 - beta2), g.clone()), g));
+                let v = add(mul(input(3), k(beta2)), mul(mul(k(1.0 - beta2), g.clone()), g));
                 outputs.push((flat(self.get(ops[2])?), m.clone()));
                 outputs.push((flat(self.get(ops[3])?), v.clone()));
                 let vhat = if amsgrad {
@@ -651,12 +653,12 @@ impl Scheduler<'_> {
                 };
                 let b2 = Expr::Scalar(crate::ir::op::Runtime::AdamBias2Sqrt.slot());
                 let step = Expr::Scalar(crate::ir::op::Runtime::AdamStepSize.slot());
-                let denom = add(div(sqrt(vhat), b2), c(eps));
+                let denom = add(div(sqrt(vhat), b2), k(eps));
                 outputs.insert(0, (param_out, add(p1, div(mul(neg(step), m), denom))));
             }
             Update::RmsProp { alpha, eps, weight_decay, momentum, centered } => {
-                let g = if weight_decay != 0.0 { add(g, mul(c(weight_decay), p.clone())) } else { g };
-                let sq = add(mul(input(2), c(alpha)), mul(mul(c(1.0 - alpha), g.clone()), g.clone()));
+                let g = if weight_decay != 0.0 { add(g, mul(k(weight_decay), p.clone())) } else { g };
+                let sq = add(mul(input(2), k(alpha)), mul(mul(k(1.0 - alpha), g.clone()), g.clone()));
                 outputs.push((flat(self.get(ops[2])?), sq.clone()));
                 let mut next = 3;
                 let avg = if centered {
@@ -667,9 +669,9 @@ impl Scheduler<'_> {
                 } else {
                     sqrt(sq)
                 };
-                let avg = add(avg, c(eps));
+                let avg = add(avg, k(eps));
                 let new_p = if momentum != 0.0 {
-                    let buf = add(mul(input(next), c(momentum)), div(g, avg));
+                    let buf = add(mul(input(next), k(momentum)), div(g, avg));
                     outputs.push((flat(self.get(ops[next])?), buf.clone()));
                     next += 1;
                     add(p, mul(neg(lr), buf))

@@ -440,6 +440,11 @@ fn recurrent_operands<T: Real>(ops: &[NodeId], v: &HashMap<NodeId, ArrayD<T>>, b
     }
 }
 
+/// `torch.lerp(a, b, w)`: `a + w·(b − a)` for `w < 0.5`, else `b − (b − a)·(1 − w)`.
+fn lerp<T: Real>(a: T, b: T, w: T) -> T {
+    if w < T::of(0.5) { a + w * (b - a) } else { b - (b - a) * (T::one() - w) }
+}
+
 /// PyTorch's update rules (LANGUAGE.md §10) on state tensor `k`.
 fn update<T: Real>(env: &mut Env<T>, k: usize, grad: &ArrayD<T>, rule: Update) {
     let s = |r: Runtime, env: &Env<T>| T::of(env.scalars[r.slot()]);
@@ -447,7 +452,7 @@ fn update<T: Real>(env: &mut Env<T>, k: usize, grad: &ArrayD<T>, rule: Update) {
     let p = env.state[k].clone().into_shape_with_order(IxDyn(grad.shape())).expect("param shape");
     let zeros = || ArrayD::<T>::zeros(IxDyn(grad.shape()));
     let slot = |i: usize, env: &mut Env<T>| env.opt.get(&(k, i)).cloned().unwrap_or_else(zeros);
-    let c = |x: f32| T::of(x as f64);
+    let c = |x: f64| T::of(x);
     let new_p = match rule {
         Update::Sgd { momentum, dampening, weight_decay, nesterov } => {
             let g = zip2(grad, &p, |g, p| g + c(weight_decay) * p);
@@ -463,7 +468,8 @@ fn update<T: Real>(env: &mut Env<T>, k: usize, grad: &ArrayD<T>, rule: Update) {
         Update::Adam { beta1, beta2, eps, weight_decay, amsgrad, decoupled } => {
             let p1 = if decoupled { p.mapv(|x| x * s(Runtime::DecayFactor, env)) } else { p.clone() };
             let g = if decoupled { grad.clone() } else { zip2(grad, &p, |g, p| g + c(weight_decay) * p) };
-            let m = zip2(&slot(0, env), &g, |m, g| m * c(beta1) + c(1.0 - beta1) * g);
+            // PyTorch's operation order: exp_avg.lerp_(g, 1 − β1), exp_avg_sq·β2 + (1 − β2)·g·g.
+            let m = zip2(&slot(0, env), &g, |m, g| lerp(m, g, c(1.0 - beta1)));
             let vv = zip2(&slot(1, env), &g, |v, g| v * c(beta2) + c(1.0 - beta2) * g * g);
             env.opt.insert((k, 0), m.clone());
             env.opt.insert((k, 1), vv.clone());
@@ -476,8 +482,8 @@ fn update<T: Real>(env: &mut Env<T>, k: usize, grad: &ArrayD<T>, rule: Update) {
             };
             let (b2, step) = (s(Runtime::AdamBias2Sqrt, env), s(Runtime::AdamStepSize, env));
             let denom = vhat.mapv(|v| v.sqrt() / b2 + c(eps));
-            let upd = zip2(&m, &denom, |m, d| step * m / d);
-            zip2(&p1, &upd, |p, u| p - u)
+            let upd = zip2(&m, &denom, |m, d| (-step) * m / d);
+            zip2(&p1, &upd, |p, u| p + u)
         }
         Update::RmsProp { alpha, eps, weight_decay, momentum, centered } => {
             let g = zip2(grad, &p, |g, p| g + c(weight_decay) * p);
@@ -485,7 +491,7 @@ fn update<T: Real>(env: &mut Env<T>, k: usize, grad: &ArrayD<T>, rule: Update) {
             env.opt.insert((k, 0), sq.clone());
             let ga_slot = 1 + usize::from(momentum != 0.0);
             let avg = if centered {
-                let ga = zip2(&slot(ga_slot, env), &g, |a, g| a * c(alpha) + c(1.0 - alpha) * g);
+                let ga = zip2(&slot(ga_slot, env), &g, |a, g| lerp(a, g, c(1.0 - alpha)));
                 env.opt.insert((k, ga_slot), ga.clone());
                 zip2(&sq, &ga, |s, a| (s - a * a).sqrt() + c(eps))
             } else {

@@ -111,10 +111,12 @@ impl Elementwise {
 
 /// Optimizer update rules (LANGUAGE.md §10), each over one parameter tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
+/// Hyper-parameters stay f64 (PyTorch's Python floats) so that derived constants such as
+/// `1 − β1` are computed in f64 and rounded to f32 once, as PyTorch does.
 pub enum Update {
-    Sgd { momentum: f32, dampening: f32, weight_decay: f32, nesterov: bool },
-    Adam { beta1: f32, beta2: f32, eps: f32, weight_decay: f32, amsgrad: bool, decoupled: bool },
-    RmsProp { alpha: f32, eps: f32, weight_decay: f32, momentum: f32, centered: bool },
+    Sgd { momentum: f64, dampening: f64, weight_decay: f64, nesterov: bool },
+    Adam { beta1: f64, beta2: f64, eps: f64, weight_decay: f64, amsgrad: bool, decoupled: bool },
+    RmsProp { alpha: f64, eps: f64, weight_decay: f64, momentum: f64, centered: bool },
 }
 
 impl Update {

@@ -41,27 +41,11 @@ pub struct Programs {
 
 fn update_rule(o: &Optimizer) -> Update {
     match *o {
-        Optimizer::Sgd { momentum, dampening, weight_decay, nesterov, .. } => Update::Sgd {
-            momentum: momentum as f32,
-            dampening: dampening as f32,
-            weight_decay: weight_decay as f32,
-            nesterov,
-        },
-        Optimizer::Adam { betas, eps, weight_decay, amsgrad, decoupled, .. } => Update::Adam {
-            beta1: betas.0 as f32,
-            beta2: betas.1 as f32,
-            eps: eps as f32,
-            weight_decay: weight_decay as f32,
-            amsgrad,
-            decoupled,
-        },
-        Optimizer::RmsProp { alpha, eps, weight_decay, momentum, centered, .. } => Update::RmsProp {
-            alpha: alpha as f32,
-            eps: eps as f32,
-            weight_decay: weight_decay as f32,
-            momentum: momentum as f32,
-            centered,
-        },
+        Optimizer::Sgd { momentum, dampening, weight_decay, nesterov, .. } => Update::Sgd { momentum, dampening, weight_decay, nesterov },
+        Optimizer::Adam { betas, eps, weight_decay, amsgrad, decoupled, .. } => {
+            Update::Adam { beta1: betas.0, beta2: betas.1, eps, weight_decay, amsgrad, decoupled }
+        }
+        Optimizer::RmsProp { alpha, eps, weight_decay, momentum, centered, .. } => Update::RmsProp { alpha, eps, weight_decay, momentum, centered },
     }
 }
 
