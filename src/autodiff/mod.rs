@@ -14,11 +14,7 @@ fn add(g: &mut Graph, op: Op, operands: &[NodeId], shape: Vec<Dim>) -> NodeId {
 }
 
 fn ew(g: &mut Graph, e: E, operands: &[NodeId]) -> NodeId {
-    let shape = operands
-        .iter()
-        .skip(1)
-        .fold(g.node(operands[0]).shape.clone(), |acc, o| crate::check::broadcast(&acc, &g.node(*o).shape).expect("broadcastable"));
-    add(g, Op::Elementwise(e), operands, shape)
+    g.elementwise(e, operands)
 }
 
 fn shape(g: &Graph, n: NodeId) -> Vec<Dim> {

@@ -464,17 +464,8 @@ fn eval_expr(b: &mut FunctionBuilder, e: &Expr, lane: Type, inputs: &[Value], in
     }
 }
 
-/// `if p (cc) q { t } else { f }` for scalars or f32x4 lanes. `max`/`min` are built on this
-/// rather than `fmax`/`fmin`, whose NaN and ±0 handling costs ten instructions: a NaN
-/// propagates here only when it is `p` (as in PyTorch's relu, which returns NaN for NaN).
 fn select_cmp(b: &mut FunctionBuilder, lane: Type, cc: FloatCC, p: Value, q: Value, t: Value, f: Value) -> Value {
-    let c = b.ins().fcmp(cc, p, q);
-    if lane == types::F32 {
-        b.ins().select(c, t, f)
-    } else {
-        let mask = b.ins().bitcast(types::F32X4, MemFlagsData::new(), c);
-        b.ins().bitselect(mask, t, f)
-    }
+    vmath::select(b, lane, cc, p, q, t, f)
 }
 
 fn emit_map(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, shape: &[Size], inputs: &[Access], outputs: &[(Access, Expr)]) {

@@ -395,33 +395,21 @@ fn cross_entropy_with_ignore_and_smoothing_matches_reference() {
     let ids: Vec<i64> = vec![0, 4, 0, 2, 3, 1];
     let (ignore, eps) = (0i64, 0.1f32);
     let n = rows * cols;
-    let mut state = vec![0.0f32; 2 * n + 8];
+    let g: Vec<f32> = (0..rows).map(|r| 0.25 + r as f32 * 0.1).collect();
+    let mut state = vec![0.0f32; 2 * n + 2 * rows];
     state[..n].copy_from_slice(&lsm);
-    state[2 * n + 2] = 0.25; // upstream gradient g
+    state[2 * n + rows..].copy_from_slice(&g);
     let idbuf = Buf { region: Region::Input(0), offset: 0, elem: Elem::I64 };
     let mut b = Builder::default();
-    nll_rows(&mut b, st(0), idbuf, Size::batch(1), cols, ignore, eps, st(2 * n), st(2 * n + 1));
-    nll_rows_backward(&mut b, idbuf, Size::batch(1), cols, ignore, eps, st(2 * n + 2), st(n));
+    nll_per_row(&mut b, st(0), idbuf, Size::batch(1), cols, ignore, eps, st(2 * n));
+    nll_per_row_backward(&mut b, idbuf, Size::batch(1), cols, ignore, eps, st(2 * n + rows), st(n));
     run_templates(b, &mut state, &ids, rows as i64);
-    let mut total = 0.0f32;
-    let mut count = 0.0f32;
     for r in 0..rows {
-        if ids[r] == ignore {
-            continue;
-        }
         let row = &lsm[r * cols..(r + 1) * cols];
-        total += -(1.0 - eps) * row[ids[r] as usize] - eps / cols as f32 * row.iter().sum::<f32>();
-        count += 1.0;
-    }
-    assert!((state[2 * n] - total).abs() < 1e-5, "{} vs {total}", state[2 * n]);
-    assert_eq!(state[2 * n + 1], count);
-    for r in 0..rows {
+        let want = if ids[r] == ignore { 0.0 } else { -(1.0 - eps) * row[ids[r] as usize] - eps / cols as f32 * row.iter().sum::<f32>() };
+        assert!((state[2 * n + r] - want).abs() < 1e-5, "row {r}: {} vs {want}", state[2 * n + r]);
         for k in 0..cols {
-            let want = if ids[r] == ignore {
-                0.0
-            } else {
-                -0.25 * ((1.0 - eps) * f32::from(u8::from(k as i64 == ids[r])) + eps / cols as f32)
-            };
+            let want = if ids[r] == ignore { 0.0 } else { -g[r] * ((1.0 - eps) * f32::from(u8::from(k as i64 == ids[r])) + eps / cols as f32) };
             assert!((state[n + r * cols + k] - want).abs() < 1e-7, "dlogp[{r}, {k}]");
         }
     }

@@ -31,8 +31,10 @@ fn iconst(b: &mut FunctionBuilder, lane: Type, v: i64) -> Value {
     if lane == types::F32 { c } else { b.ins().splat(types::I32X4, c) }
 }
 
-/// `if p (cc) q { t } else { f }`, lane-wise.
-fn select(b: &mut FunctionBuilder, lane: Type, cc: FloatCC, p: Value, q: Value, t: Value, f: Value) -> Value {
+/// `if p (cc) q { t } else { f }`, lane-wise, for scalars and f32x4 alike. Used instead of
+/// `fmax`/`fmin`, whose NaN and ±0 handling costs ten instructions: here a NaN propagates
+/// only when it is `p`.
+pub fn select(b: &mut FunctionBuilder, lane: Type, cc: FloatCC, p: Value, q: Value, t: Value, f: Value) -> Value {
     let c = b.ins().fcmp(cc, p, q);
     if lane == types::F32 {
         b.ins().select(c, t, f)

@@ -31,6 +31,15 @@ impl Graph {
         n
     }
 
+    /// An elementwise f32 node whose shape is the PyTorch broadcast of its operands'.
+    pub fn elementwise(&mut self, e: super::op::Elementwise, operands: &[NodeId]) -> NodeId {
+        let shape = operands
+            .iter()
+            .skip(1)
+            .fold(self.node(operands[0]).shape.clone(), |acc, o| crate::check::broadcast(&acc, &self.node(*o).shape).expect("operands broadcast"));
+        self.add(Op::Elementwise(e), operands, shape, Dtype::F32)
+    }
+
     pub fn node(&self, n: NodeId) -> &Node {
         &self.g[n]
     }

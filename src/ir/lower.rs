@@ -91,10 +91,7 @@ impl Lowerer<'_> {
     }
 
     fn ew(&mut self, e: E, operands: &[NodeId]) -> NodeId {
-        let shape = operands.iter().skip(1).fold(self.shape(operands[0]), |acc, o| {
-            check::broadcast(&acc, &self.g.node(*o).shape).expect("checker verified broadcasting")
-        });
-        self.add(Op::Elementwise(e), operands, shape)
+        self.g.elementwise(e, operands)
     }
 
     fn state(&mut self, k: usize) -> NodeId {

@@ -21,11 +21,7 @@ fn add(g: &mut Graph, op: Op, operands: &[NodeId], shape: Vec<Dim>) -> NodeId {
 }
 
 fn ew(g: &mut Graph, e: E, operands: &[NodeId]) -> NodeId {
-    let shape = operands
-        .iter()
-        .skip(1)
-        .fold(g.node(operands[0]).shape.clone(), |acc, o| crate::check::broadcast(&acc, &g.node(*o).shape).expect("broadcastable"));
-    add(g, Op::Elementwise(e), operands, shape)
+    g.elementwise(e, operands)
 }
 
 fn konst(g: &mut Graph, v: f32) -> NodeId {
