@@ -190,3 +190,17 @@ fn pretrained_embeddings_load_and_stay_frozen() {
     let rows: Vec<f32> = npy[npy.len() - 49 * 16 * 4..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     assert_eq!(emb, rows, "a frozen pretrained embedding is saved exactly as loaded");
 }
+
+#[test]
+fn graph_prints_text_and_dot_for_every_mode() {
+    for mode in ["forward", "train", "eval"] {
+        let out = kpc(&["graph", "examples/words_gru.train", "--mode", mode]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("program "));
+        let dot = kpc(&["graph", "examples/digits_mlp.train", "--mode", mode, "--format", "dot"]);
+        assert_eq!(dot.status.code(), Some(0));
+        let text = String::from_utf8_lossy(&dot.stdout);
+        assert!(text.starts_with("digraph ") && text.trim_end().ends_with('}'), "{text}");
+    }
+    assert_eq!(kpc(&["graph", "examples/iris.train", "--mode", "sideways"]).status.code(), Some(2));
+}
