@@ -204,3 +204,19 @@ fn graph_prints_text_and_dot_for_every_mode() {
     }
     assert_eq!(kpc(&["graph", "examples/iris.train", "--mode", "sideways"]).status.code(), Some(2));
 }
+
+#[test]
+fn a_job_needing_absurd_memory_is_refused_before_allocating() {
+    let dir = std::env::temp_dir().join(format!("kpc-big-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("data")).expect("dir");
+    std::fs::copy("examples/data/iris_train.csv", dir.join("data/iris_train.csv")).expect("copy");
+    // 0.9 billion parameters: within the checker's 2^31 bound, but with gradients and Adam's
+    // two moments it needs 16.8 GiB.
+    let job = "data { train = csv(\"data/iris_train.csv\", x = rest, y = \"label\") }\n\
+               model { input x: f32[4]\ninput y: i64\na = linear(4, 30000)\nc = linear(30000, 30000)\nb = linear(30000, 3)\n\
+               logits = x |> a |> relu |> c |> relu |> b }\nloss cross_entropy(logits, y)\noptimizer adam()\n";
+    std::fs::write(dir.join("big.train"), job).expect("write");
+    let out = kpc(&["run", dir.join("big.train").to_str().expect("path"), "--quiet"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GiB of working memory"), "{}", String::from_utf8_lossy(&out.stderr));
+}

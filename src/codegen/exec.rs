@@ -8,6 +8,13 @@ use super::kernel::Kernel;
 use super::memory::{self, Temp};
 use super::step::{StepFn, define_step};
 
+/// Most working memory a job may plan (arena, state, gradients, optimizer state): beyond
+/// this a job is refused with a message rather than attempting the allocation.
+pub const MAX_WORKING_BYTES: u64 = 8 << 30;
+
+/// The prefix of the error for a job that would need more than [`MAX_WORKING_BYTES`].
+pub const TOO_MUCH_MEMORY: &str = "working memory: ";
+
 /// One program before compilation (a train step, an eval step, a micro-step, …).
 pub struct ProgramSpec {
     pub name: String,
@@ -83,6 +90,10 @@ impl Executable {
         let mut arena_bytes = 0usize;
         for p in &mut programs {
             arena_bytes = arena_bytes.max(memory::plan(&mut p.kernels, &p.temps, max_rows as i64, &max_seq));
+        }
+        let total = arena_bytes as u64 + 4 * (2 * layout.state + layout.opt) as u64;
+        if total > MAX_WORKING_BYTES {
+            return Err(CodegenError(format!("{TOO_MUCH_MEMORY}{:.1} GiB", total as f64 / (1u64 << 30) as f64)));
         }
         let mut jit = Jit::new()?;
         let mut ids = Vec::new();

@@ -47,6 +47,15 @@ pub fn compile(job: &Job) -> Result<CompiledJob, Diagnostic> {
     let layout = StateLayout::new(job, &programs.opt_slots);
     let mut specs = Vec::new();
     let bug = |e: crate::codegen::jit::CodegenError| {
+        if e.0.starts_with(crate::codegen::exec::TOO_MUCH_MEMORY) {
+            let gib = e.0.trim_start_matches(crate::codegen::exec::TOO_MUCH_MEMORY);
+            return Diagnostic::error(format!(
+                "`{}` needs {gib} of working memory (parameters, gradients, optimizer state and batches of up to {} rows), more than the 8 GiB limit",
+                job.path.display(),
+                job.train.batch_size
+            ))
+            .with_note("reduce `batch_size`, the layer sizes, or the sequence length (`max_len` for words)");
+        }
         if e.0.starts_with(crate::codegen::schedule::UNSUPPORTED_SEQUENCES) {
             return Diagnostic::error(format!("`{}` uses recurrent layers or sequence operations, which `kpc run` cannot compile yet", job.path.display()))
                 .with_note(format!("{} (`kpc check` and `kpc graph` work on this job)", e.0));
