@@ -511,3 +511,42 @@ fn update_rules_match_pytorch_optimizers() {
         }
     }
 }
+
+/// Accumulation: two micro-steps on the same batch followed by the apply step update the
+/// parameters exactly as one step on that batch would (loss/2 twice = loss once).
+#[test]
+fn two_equal_micro_steps_then_apply_equal_one_step() {
+    for path in ["examples/digits_mlp.train", "tests/reference/jobs/cancer_adamw_accumulate.train"] {
+        let mut job = load(path);
+        let rows = 16;
+        let run = |job: &Job| {
+            let programs = kpc::passes::programs::build(job).expect("programs");
+            let mut e: Env<f64> = env(initial_state::<f64>(job), batch_inputs::<f64>(job, rows), rows);
+            e.scalars = kpc::runtime::train::step_scalars(job, 0.01, 1, rows);
+            let (micro, apply) = match programs.train.as_slice() {
+                [one] => (one, None),
+                [micro, apply] => (micro, Some(apply)),
+                _ => unreachable!(),
+            };
+            for _ in 0..job.train.accumulate {
+                interp::run(micro, &mut e);
+            }
+            if let Some(apply) = apply {
+                interp::run(apply, &mut e);
+            }
+            e.state
+        };
+        job.train.accumulate = 1;
+        let once = run(&job);
+        job.train.accumulate = 2;
+        let twice = run(&job);
+        for (k, t) in job.state().iter().enumerate() {
+            if t.role != TensorRole::Param {
+                continue; // running statistics see the batch twice, by design
+            }
+            for (a, b) in once[k].iter().zip(twice[k].iter()) {
+                assert!((a - b).abs() <= 1e-12 + 1e-9 * b.abs(), "{path}: {} differs: {a} vs {b}", t.name);
+            }
+        }
+    }
+}
