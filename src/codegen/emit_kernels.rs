@@ -576,30 +576,77 @@ fn mix64(b: &mut FunctionBuilder, z: Value) -> Value {
     b.ins().bxor(z, t)
 }
 
-/// `out[i] = keep(i) ? 1/(1−p) : 0` with `kernel::dropout_keep`'s generator.
+/// MurmurHash3's finaliser (see `kernel::mix32`) on i32 or i32x4 values.
+fn mix32(b: &mut FunctionBuilder, h: Value, c1: Value, c2: Value) -> Value {
+    let t = b.ins().ushr_imm_s(h, 16);
+    let h = b.ins().bxor(h, t);
+    let h = b.ins().imul(h, c1);
+    let t = b.ins().ushr_imm_s(h, 13);
+    let h = b.ins().bxor(h, t);
+    let h = b.ins().imul(h, c2);
+    let t = b.ins().ushr_imm_s(h, 16);
+    b.ins().bxor(h, t)
+}
+
+/// `out[i] = keep(i) ? 1/(1−p) : 0` with `kernel::dropout_keep`'s generator, four lanes at
+/// a time with a scalar tail.
 fn emit_dropout(b: &mut FunctionBuilder, env: &Env, len: Size, p: f32, site: u64, out: Buf) {
     let n = env.size(b, len);
     let base = env.base(b, out);
-    let zero = b.ins().iconst(types::I64, 0);
     let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
-    counted_loop(b, types::I64, zero, n, 1, |b, i| {
-        let k = b.ins().iadd_imm_s(i, (site << 40) as i64);
-        let h = mix64(b, k);
-        let h = b.ins().bxor(env.key, h);
-        let h = mix64(b, h);
-        let top = b.ins().ushr_imm_s(h, 40);
-        let f = b.ins().fcvt_from_uint(types::F32, top);
-        let unit = b.ins().f32const(1.0 / 16_777_216.0);
-        let u = b.ins().fmul(f, unit);
-        let pv = b.ins().f32const(p);
-        let keep = b.ins().fcmp(FloatCC::GreaterThanOrEqual, u, pv);
-        let s = b.ins().f32const(scale);
-        let z = b.ins().f32const(0.0);
-        let v = b.ins().select(keep, s, z);
-        let off = b.ins().ishl_imm_s(i, 2);
-        let ptr = b.ins().iadd(base, off);
-        b.ins().store(mem(), v, ptr, 0);
-    });
+    // The site's 32-bit seed for this step, once per kernel.
+    let salt = b.ins().iconst(types::I64, site.wrapping_mul(0x9e37_79b9_7f4a_7c15) as i64);
+    let k = b.ins().bxor(env.key, salt);
+    let k = mix64(b, k);
+    let k = b.ins().ushr_imm_s(k, 32);
+    let seed = b.ins().ireduce(types::I32, k);
+    for (lane_ty, float_ty, step) in [(types::I32X4, types::F32X4, 4i64), (types::I32, types::F32, 1)] {
+        let splat_i = |b: &mut FunctionBuilder, v: Value| if step == 4 { b.ins().splat(lane_ty, v) } else { v };
+        let splat_f = |b: &mut FunctionBuilder, v: f32| {
+            let c = b.ins().f32const(v);
+            if step == 4 { b.ins().splat(float_ty, c) } else { c }
+        };
+        let c1 = b.ins().iconst(types::I32, 0x85eb_ca6b_u32 as i32 as i64);
+        let c2 = b.ins().iconst(types::I32, 0xc2b2_ae35_u32 as i32 as i64);
+        let (c1, c2) = (splat_i(b, c1), splat_i(b, c2));
+        let seedv = splat_i(b, seed);
+        // Lane offsets 0, 1, 2, 3 (or 0 for the scalar tail).
+        let lanes = if step == 4 {
+            let z = b.ins().iconst(types::I32, 0);
+            let mut v = b.ins().splat(types::I32X4, z);
+            for l in 1..4u8 {
+                let c = b.ins().iconst(types::I32, i64::from(l));
+                v = b.ins().insertlane(v, c, l);
+            }
+            v
+        } else {
+            b.ins().iconst(types::I32, 0)
+        };
+        let unit = splat_f(b, 1.0 / 16_777_216.0);
+        let pv = splat_f(b, p);
+        let keep_v = splat_f(b, scale);
+        let drop_v = splat_f(b, 0.0);
+        let (start, end) = if step == 4 {
+            let zero = b.ins().iconst(types::I64, 0);
+            (zero, b.ins().band_imm_s(n, !3i64))
+        } else {
+            (b.ins().band_imm_s(n, !3i64), n)
+        };
+        counted_loop(b, types::I64, start, end, step, |b, i| {
+            let i32v = b.ins().ireduce(types::I32, i);
+            let iv = splat_i(b, i32v);
+            let idx = b.ins().iadd(iv, lanes);
+            let h = b.ins().iadd(seedv, idx);
+            let h = mix32(b, h, c1, c2);
+            let top = b.ins().ushr_imm_s(h, 8);
+            let f = b.ins().fcvt_from_sint(float_ty, top);
+            let u = b.ins().fmul(f, unit);
+            let v = vmath::select(b, float_ty, FloatCC::GreaterThanOrEqual, u, pv, keep_v, drop_v);
+            let off = b.ins().ishl_imm_s(i, 2);
+            let ptr = b.ins().iadd(base, off);
+            b.ins().store(mem(), v, ptr, 0);
+        });
+    }
 }
 
 /// Gather (`dst[r] = table[ids[r]]`) or scatter-add (`table[ids[r]] += src[r]`) of rows.

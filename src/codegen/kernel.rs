@@ -277,11 +277,27 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The dropout generator, shared by generated code and tests: element `i` of dropout site
-/// `site` is kept when the top 24 bits of `mix64(key ^ mix64(site · 2^40 + i))`, as a
-/// fraction of 2^24, are at least `p`. `key` mixes the seed's dropout stream, the optimizer
-/// step and the micro-batch (the runtime computes it per step).
+/// MurmurHash3's 32-bit finaliser: a bijective mix that vectorises on i32 lanes.
+pub fn mix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// The 32-bit seed of one dropout site in one step: the high half of
+/// `mix64(key ^ site · 0x9E3779B97F4A7C15)`.
+pub fn dropout_seed(key: u64, site: u64) -> u32 {
+    (mix64(key ^ site.wrapping_mul(0x9e37_79b9_7f4a_7c15)) >> 32) as u32
+}
+
+/// The dropout generator, shared by generated code and tests: element `i` of a dropout site
+/// is kept when the top 24 bits of `mix32(seed + i)` (wrapping, `seed` from
+/// [`dropout_seed`]), as a fraction of 2^24, are at least `p`. `key` mixes the seed's dropout
+/// stream, the optimizer step and the micro-batch (the runtime computes it per step).
+/// Counting on 32-bit lanes lets the mask be drawn four elements at a time.
 pub fn dropout_keep(key: u64, site: u64, i: u64, p: f32) -> bool {
-    let h = mix64(key ^ mix64((site << 40).wrapping_add(i)));
-    ((h >> 40) as f32) * (1.0 / 16_777_216.0) >= p
+    let h = mix32(dropout_seed(key, site).wrapping_add(i as u32));
+    ((h >> 8) as f32) * (1.0 / 16_777_216.0) >= p
 }

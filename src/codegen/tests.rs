@@ -438,7 +438,8 @@ fn batch_statistics_match_reference() {
 
 #[test]
 fn dropout_mask_matches_the_documented_generator() {
-    let n = 1000usize;
+    // 1003: the vector body and a scalar tail of three.
+    let n = 1003usize;
     let mut mem = vec![0.0f32; n];
     let k = Kernel::DropoutMask { len: Size::fixed(n as i64), p: 0.25, site: 3, out: arena(0) };
     let mut jit = Jit::new().expect("jit");
@@ -465,5 +466,5 @@ fn dropout_mask_matches_the_documented_generator() {
         let want = if super::kernel::dropout_keep(0x1234_5678_9abc, 3, i as u64, 0.25) { 1.0 / 0.75 } else { 0.0 };
         assert_eq!(*v, want, "element {i}");
     }
-    assert!((700..800).contains(&kept), "kept {kept} of 1000 at p = 0.25");
+    assert!((700..805).contains(&kept), "kept {kept} of 1003 at p = 0.25");
 }
