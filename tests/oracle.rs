@@ -319,35 +319,32 @@ fn sequence_slices_and_means_match_finite_differences() {
     check_gradients("slice and mask", g, loss, &[x], &e, 100);
 }
 
+/// Finite differences on the train-mode loss of a whole job, w.r.t. every trainable tensor
+/// (`per_leaf` sampled elements each), on its first `rows` training rows.
+fn check_program_gradients(path: &str, rows: usize, per_leaf: usize) {
+    let job = load(path);
+    let fwd = kpc::ir::lower::lower(&job).expect("lowers");
+    let mut g = fwd.graph.clone();
+    specialise(&mut g, Mode::Train);
+    let state = job.state();
+    let leaves: Vec<NodeId> = g.ids().into_iter().filter(|n| matches!(g.node(*n).op, Op::State(k) if state[k].role == TensorRole::Param)).collect();
+    let mut e = env(initial_state::<f64>(&job), batch_inputs::<f64>(&job, rows), rows);
+    e.seq = batch_lengths(&job, rows);
+    e.seq_names = job.seq_names();
+    check_gradients(path, g, fwd.loss, &leaves, &e, per_leaf);
+}
+
 #[test]
 fn sequence_programs_have_finite_difference_gradients() {
     for path in ["examples/words_gru.train", "examples/docnames_seq2seq.train"] {
-        let job = load(path);
-        let fwd = kpc::ir::lower::lower(&job).expect("lowers");
-        let mut g = fwd.graph.clone();
-        specialise(&mut g, Mode::Train);
-        let state = job.state();
-        let leaves: Vec<NodeId> = g.ids().into_iter().filter(|n| matches!(g.node(*n).op, Op::State(k) if state[k].role == TensorRole::Param)).collect();
-        let rows = 3;
-        let mut e = env(initial_state::<f64>(&job), batch_inputs::<f64>(&job, rows), rows);
-        e.seq = batch_lengths(&job, rows);
-        e.seq_names = job.seq_names();
-        check_gradients(path, g, fwd.loss, &leaves, &e, 3);
+        check_program_gradients(path, 3, 3);
     }
 }
 
 #[test]
 fn whole_program_gradients_match_finite_differences() {
     for path in DENSE_JOBS {
-        let job = load(path);
-        let fwd = kpc::ir::lower::lower(&job).expect("lowers");
-        let mut g = fwd.graph.clone();
-        specialise(&mut g, Mode::Train);
-        let state = job.state();
-        let leaves: Vec<NodeId> = g.ids().into_iter().filter(|n| matches!(g.node(*n).op, Op::State(k) if state[k].role == TensorRole::Param)).collect();
-        let rows = 12;
-        let e = env(initial_state::<f64>(&job), batch_inputs::<f64>(&job, rows), rows);
-        check_gradients(path, g, fwd.loss, &leaves, &e, 6);
+        check_program_gradients(path, 12, 6);
     }
 }
 

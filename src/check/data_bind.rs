@@ -16,8 +16,6 @@ pub(super) struct DeclaredInput<'a> {
 pub(super) struct Loaded {
     pub train: Table,
     pub eval: Option<Table>,
-    /// The span of each train field's binding (`x = rest`), by field index.
-    pub field_spans: Vec<Span>,
 }
 
 fn no_field(e: &Expr) -> Result<Const, Diagnostic> {
@@ -54,7 +52,7 @@ fn split_args<'e>(callee: &str, call_span: Span, args: &'e [Arg], wants_path: bo
     Ok((path, fields))
 }
 
-fn encoder(arg_span: Span, value: &Expr) -> Result<FieldKind, Diagnostic> {
+fn encoder(value: &Expr) -> Result<FieldKind, Diagnostic> {
     let ExprKind::Call { callee, args } = &value.kind else {
         return Err(Diagnostic::at(value.span, format!("expected an encoder, found {}", value.describe()), "expected an encoder call")
             .with_note("encoders: chars, words, label, number, numbers"));
@@ -71,7 +69,6 @@ fn encoder(arg_span: Span, value: &Expr) -> Result<FieldKind, Diagnostic> {
         nullable("max_len", Kind::Int),
     ];
     const ONE: &[Param] = &[req("field", Kind::Str)];
-    let _ = arg_span;
     match name.as_str() {
         "chars" | "words" => {
             let b = bind(name, value.span, TOKENS, None, args)?;
@@ -184,7 +181,7 @@ fn source_spec(e: &Expr, inputs: &[DeclaredInput], base: &Path) -> Result<Source
         };
         let kind = match format {
             Format::Csv => csv_columns(&a.value)?,
-            Format::Jsonl => encoder(a.value.span, &a.value)?,
+            Format::Jsonl => encoder(&a.value)?,
             Format::Npy => FieldKind::NpyFile { path: base.join(const_str(name, &fname.name, &a.value)?), span: a.value.span },
             Format::Safetensors => FieldKind::SafetensorsTensor { tensor: const_str(name, &fname.name, &a.value)?, span: a.value.span },
         };
@@ -288,7 +285,7 @@ pub(super) fn load(block: &Block, inputs: &[DeclaredInput], base: &Path, sources
         let Some(input) = inputs.iter().find(|i| i.decl.name.name == f.name) else { continue };
         check_shape(input, f, spec)?;
     }
-    Ok(Loaded { field_spans: train_spec.fields.iter().map(|f| f.name_span).collect(), train: train_table, eval: eval_table })
+    Ok(Loaded { train: train_table, eval: eval_table })
 }
 
 fn shape_text(dims: &[usize]) -> String {

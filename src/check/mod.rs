@@ -162,7 +162,6 @@ fn check_model(
         inputs.push(Input { name: d.decl.name.name.clone(), ty: Ty { dtype: d.dtype, shape }, span: d.decl.span, field });
     }
     check_shared_dims(&inputs, &loaded, sources)?;
-    let _ = &loaded.field_spans;
     let mut vals = values::Values::new(&model.stmts, inputs, &facts)?;
     let (loss_node, metric_list) = {
         let mut obj = objective::Objective { values: &mut vals, train: &loaded.train, eval: loaded.eval.as_ref(), sources };

@@ -217,7 +217,6 @@ pub fn forward(b: &mut Builder, l: &Layer, y: Buf) -> Saved {
 /// The backward pass through time given `dy` (`[B, T, H]`).
 pub fn backward(b: &mut Builder, l: &Layer, saved: &Saved, dy: Buf) -> Grads {
     let (h, g) = (l.hidden, gates(l.cell) * l.hidden);
-    let nb = gates(l.cell);
     let bt = Size::batch(1).times(l.steps);
     let sw = saved_slots(l.cell) * h;
     let dgi = b.temp(Elem::F32, bt.times(fx(g)));
@@ -287,7 +286,6 @@ pub fn backward(b: &mut Builder, l: &Layer, saved: &Saved, dy: Buf) -> Grads {
     }
     outputs.push((Access::new(direct, vec![fx(h), fx(1)]), valid(dir, c(0.0))));
     outputs.push((Access::new(dc, vec![fx(h), fx(1)]), valid(dc_new, input(1))));
-    let _ = nb;
     let mut inner = Builder::default();
     inner.push(Kernel::Map { shape: vec![Size::batch(1), fx(h)], inputs, outputs });
     // tmp = dgh_t·W_hh (W_hh is [G·H, H]).

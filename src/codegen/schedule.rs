@@ -9,10 +9,9 @@
 use super::jit::CodegenError;
 use super::kernel::ex::*;
 use super::kernel::*;
-use super::memory::Temp;
 use super::exec::ProgramSpec;
 use super::templates::{self, Builder};
-use crate::check::{Dim, Job, TensorRole};
+use crate::check::{Dim, Job};
 use crate::data::Dtype;
 use crate::ir::op::{Elementwise as E, Op, Update};
 use crate::ir::{NodeId, Program};
@@ -258,8 +257,7 @@ impl Scheduler<'_> {
     }
 
     /// A `Map` writing `n`'s expression (over its own shape) into `out`.
-    fn map_into(&mut self, n: NodeId, out: Buf, out_shape: &[Dim], value: NodeId) -> Result<(), CodegenError> {
-        let _ = n;
+    fn map_into(&mut self, out: Buf, out_shape: &[Dim], value: NodeId) -> Result<(), CodegenError> {
         let mut inputs = Vec::new();
         let e = self.expr(value, out_shape, &mut inputs)?;
         let out_access = self.access(out, out_shape, out_shape);
@@ -283,7 +281,7 @@ impl Scheduler<'_> {
                 let out = self.temp(n);
                 // Materialise: evaluate the node itself (not inlined) as the map's expression.
                 self.inline.insert(n, true);
-                let r = self.map_into(n, out, &node.shape, n);
+                let r = self.map_into(out, &node.shape, n);
                 self.inline.insert(n, false);
                 r?;
             }
@@ -414,15 +412,15 @@ impl Scheduler<'_> {
                 let oa = self.access(out, &space, &space);
                 self.b.push(Kernel::Map { shape: self.sizes(&space), inputs, outputs: vec![(oa, mul(g, coef))] });
             }
-            Op::Update(rule) => self.update(n, &ops, *rule)?,
+            Op::Update(rule) => self.update(&ops, *rule)?,
             Op::Assign => {
                 let loc = self.get(ops[0])?;
                 let shape = self.shape(ops[0]).to_vec();
-                self.map_into(n, loc, &shape, ops[1])?;
+                self.map_into(loc, &shape, ops[1])?;
             }
             Op::Output(slot) => {
                 let out = f32buf(Region::Out, *slot);
-                self.map_into(n, out, &[], ops[0])?;
+                self.map_into(out, &[], ops[0])?;
             }
             Op::Dropout { .. } | Op::BatchNorm { .. } => return Err(err("unspecialised dropout or batchnorm reached codegen")),
             Op::Lengths { dim, offset } => {
@@ -583,17 +581,16 @@ impl Scheduler<'_> {
             return Err(err("batched `@` of two tensors with leading axes is not supported yet"));
         }
         // A' = Aᵀ if ta; rows of A' are m, columns k.
+        // A' = Aᵀ if ta: m rows of A', contracted over k = its columns.
         let (m, k, a_rs, a_cs) = if ta { (Size::fixed(ca as i64), ra, Size::fixed(1), Size::fixed(ca as i64)) } else { (ra, Size::fixed(ca as i64), Size::fixed(ca as i64), Size::fixed(1)) };
         let (n_cols, b_rs, b_cs) = if tb { (rb, Size::fixed(1), Size::fixed(cb as i64)) } else { (Size::fixed(cb as i64), Size::fixed(cb as i64), Size::fixed(1)) };
-        let _ = k;
         let out = self.temp(n);
         let (_, out_cols) = self.rows_cols(&self.p.graph.node(n).shape.clone())?;
         let zero = Size::fixed(0);
-        let k_size = if ta { ra } else { Size::fixed(ca as i64) };
         self.b.push(Kernel::Gemm {
             m,
             n: n_cols,
-            k: k_size,
+            k,
             batch: Size::fixed(1),
             a: MatView { buf: self.get(a)?, rs: a_rs, cs: a_cs, batch_stride: zero, step: zero },
             b: MatView { buf: self.get(b)?, rs: b_rs, cs: b_cs, batch_stride: zero, step: zero },
@@ -605,8 +602,7 @@ impl Scheduler<'_> {
 
     /// One optimizer update over a parameter, its gradient and its state: a single map
     /// writing the parameter and every state tensor, in PyTorch's operation order.
-    fn update(&mut self, n: NodeId, ops: &[NodeId], rule: Update) -> Result<(), CodegenError> {
-        let _ = n;
+    fn update(&mut self, ops: &[NodeId], rule: Update) -> Result<(), CodegenError> {
         let len = self.numel(self.shape(ops[0]));
         let flat = |b: Buf| Access::new(b, vec![Size::fixed(1)]);
         let mut inputs: Vec<Access> = Vec::new();
@@ -660,25 +656,25 @@ impl Scheduler<'_> {
                 let g = if weight_decay != 0.0 { add(g, mul(k(weight_decay), p.clone())) } else { g };
                 let sq = add(mul(input(2), k(alpha)), mul(mul(k(1.0 - alpha), g.clone()), g.clone()));
                 outputs.push((flat(self.get(ops[2])?), sq.clone()));
-                let mut next = 3;
+                // Operand slots after (param, grad, square_avg): the momentum buffer, then
+                // grad_avg, each present only when used.
+                let buf_at = 3;
+                let avg_at = 3 + usize::from(momentum != 0.0);
                 let avg = if centered {
-                    let ga = lerp(input(next + usize::from(momentum != 0.0)), g.clone(), 1.0 - alpha);
-                    let slot = ops[next + usize::from(momentum != 0.0)];
-                    outputs.push((flat(self.get(slot)?), ga.clone()));
+                    let ga = lerp(input(avg_at), g.clone(), 1.0 - alpha);
+                    outputs.push((flat(self.get(ops[avg_at])?), ga.clone()));
                     sqrt(add(sq, mul(mul(c(-1.0), ga.clone()), ga)))
                 } else {
                     sqrt(sq)
                 };
                 let avg = add(avg, k(eps));
                 let new_p = if momentum != 0.0 {
-                    let buf = add(mul(input(next), k(momentum)), div(g, avg));
-                    outputs.push((flat(self.get(ops[next])?), buf.clone()));
-                    next += 1;
+                    let buf = add(mul(input(buf_at), k(momentum)), div(g, avg));
+                    outputs.push((flat(self.get(ops[buf_at])?), buf.clone()));
                     add(p, mul(neg(lr), buf))
                 } else {
                     add(p, div(mul(neg(lr), g), avg))
                 };
-                let _ = next;
                 outputs.insert(0, (param_out, new_p));
             }
         }
@@ -704,8 +700,6 @@ pub fn schedule(p: &Program, job: &Job, layout: &StateLayout) -> Result<ProgramS
     for n in order {
         s.node(n)?;
     }
-    let _ = TensorRole::Param;
     let Builder { kernels, temps } = s.b;
-    let temps: Vec<Temp> = temps;
     Ok(ProgramSpec { name: p.name.clone(), kernels, temps })
 }

@@ -59,29 +59,40 @@ fn gemm_kernel_handles_transposed_strides() {
     }
 }
 
-/// Runs `kernels` once with an arena of `arena` f32s and batch size `batch`.
-fn run(kernels: &[Kernel], arena: &mut [f32], ids: &[i64], batch: i64, scalars: &[f32]) {
-    let mut jit = Jit::new().expect("jit");
-    let id = define_step(&mut jit, "step", 1, kernels).expect("define");
-    let code = jit.finish().expect("finish");
-    let step = unsafe { StepFn::new(&code, id) };
-    let inputs = [ids.as_ptr() as *const u8];
-    let lens: [*const i32; 1] = [std::ptr::null()];
-    let seq = [0i64];
-    let frame = Frame {
+/// An empty frame over `arena`: one row, no inputs, no sequences. Tests override fields.
+fn frame(arena: *mut u8) -> Frame {
+    static NO_SEQ: [i64; 0] = [];
+    Frame {
         state: std::ptr::null_mut(),
         grad: std::ptr::null_mut(),
         opt: std::ptr::null_mut(),
-        arena: arena.as_mut_ptr() as *mut u8,
+        arena,
         out: std::ptr::null_mut(),
-        inputs: inputs.as_ptr(),
-        lengths: lens.as_ptr(),
-        scalars: scalars.as_ptr(),
-        batch,
-        seq: seq.as_ptr(),
+        inputs: std::ptr::null(),
+        lengths: std::ptr::null(),
+        scalars: std::ptr::null(),
+        batch: 1,
+        seq: NO_SEQ.as_ptr(),
         rng_key: 0,
-    };
-    unsafe { step.call(&frame) };
+    }
+}
+
+/// Compiles `kernels` into one step and runs it once on `frame`.
+fn execute(kernels: &[Kernel], seq_dims: usize, frame: &Frame) {
+    let mut jit = Jit::new().expect("jit");
+    let id = define_step(&mut jit, "step", seq_dims, kernels).expect("define");
+    let code = jit.finish().expect("finish");
+    let step = unsafe { StepFn::new(&code, id) };
+    unsafe { step.call(frame) };
+}
+
+/// Runs `kernels` once with an arena of `arena` f32s and batch size `batch`.
+fn run(kernels: &[Kernel], arena: &mut [f32], ids: &[i64], batch: i64, scalars: &[f32]) {
+    let inputs = [ids.as_ptr() as *const u8];
+    let lens: [*const i32; 1] = [std::ptr::null()];
+    let seq = [0i64];
+    let f = Frame { inputs: inputs.as_ptr(), lengths: lens.as_ptr(), scalars: scalars.as_ptr(), batch, seq: seq.as_ptr(), ..frame(arena.as_mut_ptr() as *mut u8) };
+    execute(kernels, 1, &f);
 }
 
 fn arena(offset_f32: usize) -> Buf {
@@ -235,26 +246,10 @@ fn time_loop_steps_accesses_and_masks_by_length() {
         ],
     }];
     let k = Kernel::Loop { count: seq, reverse: false, body };
-    let mut jit = Jit::new().expect("jit");
-    let id = define_step(&mut jit, "scan", 1, &[k]).expect("define");
-    let code = jit.finish().expect("finish");
-    let step = unsafe { StepFn::new(&code, id) };
     let lens_ptr: [*const i32; 1] = [lens.as_ptr()];
     let seqs = [3i64];
-    let frame = Frame {
-        state: std::ptr::null_mut(),
-        grad: std::ptr::null_mut(),
-        opt: std::ptr::null_mut(),
-        arena: mem.as_mut_ptr() as *mut u8,
-        out: std::ptr::null_mut(),
-        inputs: std::ptr::null(),
-        lengths: lens_ptr.as_ptr(),
-        scalars: std::ptr::null(),
-        batch: 2,
-        seq: seqs.as_ptr(),
-        rng_key: 0,
-    };
-    unsafe { step.call(&frame) };
+    let f = Frame { lengths: lens_ptr.as_ptr(), batch: 2, seq: seqs.as_ptr(), ..frame(mem.as_mut_ptr() as *mut u8) };
+    execute(&[k], 1, &f);
     assert_eq!(&mem[10..12], &[6.0, 10.0]);
     assert_eq!(&mem[20..26], &[1.0, 3.0, 6.0, 10.0, 0.0, 0.0]);
 }
@@ -312,26 +307,9 @@ fn inline_exp_log_tanh_erf_match_libm() {
 fn run_templates(mut b: super::templates::Builder, state: &mut [f32], ids: &[i64], batch: i64) {
     let arena_bytes = super::memory::plan(&mut b.kernels, &b.temps, batch, &[]);
     let mut arena = vec![0.0f32; arena_bytes / 4 + 16];
-    let mut jit = Jit::new().expect("jit");
-    let id = define_step(&mut jit, "t", 0, &b.kernels).expect("define");
-    let code = jit.finish().expect("finish");
-    let step = unsafe { StepFn::new(&code, id) };
     let inputs = [ids.as_ptr() as *const u8];
-    let seq: [i64; 0] = [];
-    let frame = Frame {
-        state: state.as_mut_ptr() as *mut u8,
-        grad: std::ptr::null_mut(),
-        opt: std::ptr::null_mut(),
-        arena: arena.as_mut_ptr() as *mut u8,
-        out: std::ptr::null_mut(),
-        inputs: inputs.as_ptr(),
-        lengths: std::ptr::null(),
-        scalars: std::ptr::null(),
-        batch,
-        seq: seq.as_ptr(),
-        rng_key: 0,
-    };
-    unsafe { step.call(&frame) };
+    let f = Frame { state: state.as_mut_ptr() as *mut u8, inputs: inputs.as_ptr(), batch, ..frame(arena.as_mut_ptr() as *mut u8) };
+    execute(&b.kernels, 0, &f);
 }
 
 fn st(offset_f32: usize) -> Buf {
@@ -442,25 +420,7 @@ fn dropout_mask_matches_the_documented_generator() {
     let n = 1003usize;
     let mut mem = vec![0.0f32; n];
     let k = Kernel::DropoutMask { len: Size::fixed(n as i64), p: 0.25, site: 3, out: arena(0) };
-    let mut jit = Jit::new().expect("jit");
-    let id = define_step(&mut jit, "mask", 0, &[k]).expect("define");
-    let code = jit.finish().expect("finish");
-    let step = unsafe { StepFn::new(&code, id) };
-    let seq: [i64; 0] = [];
-    let frame = Frame {
-        state: std::ptr::null_mut(),
-        grad: std::ptr::null_mut(),
-        opt: std::ptr::null_mut(),
-        arena: mem.as_mut_ptr() as *mut u8,
-        out: std::ptr::null_mut(),
-        inputs: std::ptr::null(),
-        lengths: std::ptr::null(),
-        scalars: std::ptr::null(),
-        batch: 1,
-        seq: seq.as_ptr(),
-        rng_key: 0x1234_5678_9abc,
-    };
-    unsafe { step.call(&frame) };
+    execute(&[k], 0, &Frame { rng_key: 0x1234_5678_9abc, ..frame(mem.as_mut_ptr() as *mut u8) });
     let kept = mem.iter().filter(|v| **v != 0.0).count();
     for (i, v) in mem.iter().enumerate() {
         let want = if super::kernel::dropout_keep(0x1234_5678_9abc, 3, i as u64, 0.25) { 1.0 / 0.75 } else { 0.0 };

@@ -35,8 +35,6 @@ pub struct Programs {
     pub formula: Formula,
     /// Optimizer-state tensors per state tensor index (0 for buffers and frozen tensors).
     pub opt_slots: Vec<usize>,
-    /// State tensors that have gradient accumulators (accumulation only).
-    pub accumulates: bool,
 }
 
 fn update_rule(o: &Optimizer) -> Update {
@@ -225,5 +223,5 @@ pub fn build(job: &Job) -> Result<Programs, Unsupported> {
     for p in train.iter_mut().chain(eval.iter_mut()).chain(std::iter::once(&mut forward)) {
         super::simplify::simplify(p);
     }
-    Ok(Programs { forward, train, eval, outputs, formula: fwd.formula, opt_slots, accumulates: k > 1 })
+    Ok(Programs { forward, train, eval, outputs, formula: fwd.formula, opt_slots })
 }

@@ -40,6 +40,12 @@ fn max_lengths(job: &Job, layout: &StateLayout) -> Vec<i64> {
         .collect()
 }
 
+/// The most rows a train or eval batch of `job` can have.
+pub fn max_batch_rows(job: &Job) -> usize {
+    let most = job.data.train.rows.max(job.data.eval.as_ref().map_or(0, |e| e.rows));
+    job.train.batch_size.min(most).max(1)
+}
+
 /// Builds, schedules and compiles every program of `job`.
 pub fn compile(job: &Job) -> Result<CompiledJob, Diagnostic> {
     let t0 = Instant::now();
@@ -81,7 +87,7 @@ pub fn compile(job: &Job) -> Result<CompiledJob, Diagnostic> {
         scalars: Runtime::ALL.len(),
         seq_dims: layout.seq_names.len(),
     };
-    let max_rows = job.train.batch_size.min(job.data.train.rows.max(job.data.eval.as_ref().map_or(0, |e| e.rows))).max(1);
+    let max_rows = max_batch_rows(job);
     let max_seq = max_lengths(job, &layout);
     let exec = Executable::compile(exec_layout, specs, max_rows, max_seq).map_err(bug)?;
     Ok(CompiledJob { programs, layout, exec, train, eval, compile_ms: t0.elapsed().as_secs_f64() * 1e3 })

@@ -3,7 +3,7 @@
 //! the console report and checkpoints. Every step runs compiled code; this loop only moves
 //! batches and scalars.
 
-use super::compiled::{BatchBuffers, CompiledJob, compile};
+use super::compiled::{BatchBuffers, CompiledJob, compile, max_batch_rows};
 use super::state::{self, StateValues};
 use crate::check::{Every, Job, Optimizer, ScheduleKind};
 use crate::codegen::kernel::mix64;
@@ -134,7 +134,7 @@ pub fn run(job: &Job, opts: &RunOptions) -> Result<Vec<(String, f64)>, Diagnosti
     let train = &job.data.train;
     let bs = job.train.batch_size;
     let k = job.train.accumulate;
-    let mut buffers = BatchBuffers::new(job, bs.min(train.rows.max(job.data.eval.as_ref().map_or(0, |e| e.rows))).max(1))?;
+    let mut buffers = BatchBuffers::new(job, max_batch_rows(job))?;
     let mut shuffle = state::stream(seed, state::SHUFFLE_STREAM);
     let dropout_base = state::stream(seed, state::DROPOUT_STREAM).random::<u64>();
     let mut per_epoch = train.rows / bs;
@@ -279,7 +279,6 @@ pub fn eval_only(job: &Job, weights: &std::path::Path) -> Result<Vec<(String, f6
     let mut c = compile(job)?;
     let start = state::load(job, weights)?;
     c.set_state(&start);
-    let rows = job.train.batch_size.min(job.data.eval.as_ref().map_or(1, |e| e.rows)).max(1);
-    let mut buffers = BatchBuffers::new(job, rows.max(job.train.batch_size.min(job.data.train.rows)))?;
+    let mut buffers = BatchBuffers::new(job, max_batch_rows(job))?;
     Ok(evaluate(&mut c, job, &mut buffers))
 }
