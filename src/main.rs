@@ -43,6 +43,13 @@ enum Command {
         /// Print only errors.
         #[arg(long)]
         quiet: bool,
+        /// Threads for matrix products (default: the machine's cores). Results do not depend
+        /// on it.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        threads: Option<u16>,
+        /// Report where the steps' time went, by kernel class (adds a clock read per kernel).
+        #[arg(long)]
+        profile: bool,
     },
     /// Evaluate given weights on the job's eval set.
     Eval {
@@ -99,11 +106,14 @@ struct Failure {
 }
 
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { file } => check(&file),
-        Command::Run { file, epochs, init, save, metrics, seed, quiet } => {
-            run(&file, kpc::runtime::train::RunOptions { epochs, seed, init, save, metrics, quiet })
+        Command::Run { file, epochs, init, save, metrics, seed, quiet, threads, profile } => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            kpc::codegen::host::set_threads(threads.map_or(cores, usize::from));
+            run(&file, kpc::runtime::train::RunOptions { epochs, seed, init, save, metrics, quiet, profile, started: Some(started) })
         }
         Command::Eval { file, weights, json } => eval(&file, &weights, json),
         Command::Init { file, output, seed } => init(&file, &output, seed),

@@ -51,12 +51,12 @@ fn run_with_metrics(example: &str, seed: &str, out: &std::path::Path) -> std::pr
     kpc(&["run", example, "--seed", seed, "--metrics", out.to_str().expect("utf-8 path"), "--quiet"])
 }
 
-/// The metrics log without timing fields (seconds, samples/s, compile ms).
+/// The metrics log without timing fields (seconds, samples/s, compile and first-step times).
 fn without_timings(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .expect("metrics file")
         .lines()
-        .filter(|l| !l.contains("\"kind\":\"compile\""))
+        .filter(|l| !l.contains("\"kind\":\"compile\"") && !l.contains("\"kind\":\"first_step\""))
         .map(|l| l.split(",\"seconds\"").next().expect("prefix").to_string())
         .collect()
 }
@@ -219,4 +219,37 @@ fn a_job_needing_absurd_memory_is_refused_before_allocating() {
     let out = kpc(&["run", dir.join("big.train").to_str().expect("path"), "--quiet"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("GiB of working memory"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn thread_count_and_profiling_do_not_change_results() {
+    let dir = std::env::temp_dir().join(format!("kpc-threads-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let job = "tests/jobs/wide_digits.train";
+    let (one, two, profiled) = (dir.join("1.jsonl"), dir.join("2.jsonl"), dir.join("p.jsonl"));
+    for (m, extra) in [(&one, &["--threads", "1"][..]), (&two, &["--threads", "2"][..]), (&profiled, &["--threads", "1", "--profile"][..])] {
+        let mut args = vec!["run", job, "--quiet", "--metrics", m.to_str().expect("path")];
+        args.extend_from_slice(extra);
+        let out = kpc(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        if m == &profiled {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("profile of the train step") && text.contains("gemm"), "{text}");
+        }
+    }
+    let plain = |p: &std::path::Path| -> Vec<String> { without_timings(p).into_iter().filter(|l| !l.contains("\"kind\":\"profile\"")).collect() };
+    assert_eq!(plain(&one), plain(&two));
+    assert_eq!(plain(&one), plain(&profiled));
+    let records = std::fs::read_to_string(&profiled).expect("metrics");
+    let gemm_share: f64 = records
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"profile\"") && l.contains("\"program\":\"train step\"") && l.contains("\"class\":\"gemm\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["share"].as_f64().expect("share"))
+        .sum();
+    // Three wide layers: the products are most of the step.
+    assert!(gemm_share > 0.5, "gemm share {gemm_share}");
+    for p in [one, two, profiled] {
+        let first = std::fs::read_to_string(p).expect("metrics").lines().find(|l| l.contains("\"kind\":\"first_step\"")).map(String::from);
+        assert!(first.is_some(), "a first_step record");
+    }
 }

@@ -36,6 +36,37 @@ pub fn counted_loop(
     b.switch_to_block(exit);
 }
 
+/// [`counted_loop`] carrying one value from iteration to iteration: `body(i, acc)` returns
+/// the next `acc`; the result is the value after the last iteration (`init` if none ran).
+pub fn counted_loop_carry(
+    b: &mut FunctionBuilder,
+    start: Value,
+    end: Value,
+    step: i64,
+    init: Value,
+    mut body: impl FnMut(&mut FunctionBuilder, Value, Value) -> Value,
+) -> Value {
+    let ty = b.func.dfg.value_type(start);
+    let acc_ty = b.func.dfg.value_type(init);
+    let header = b.create_block();
+    let body_block = b.create_block();
+    let exit = b.create_block();
+    b.append_block_param(header, ty);
+    b.append_block_param(header, acc_ty);
+    b.append_block_param(exit, acc_ty);
+    b.ins().jump(header, &[BlockArg::Value(start), BlockArg::Value(init)]);
+    b.switch_to_block(header);
+    let (i, acc) = (b.block_params(header)[0], b.block_params(header)[1]);
+    let go_on = b.ins().icmp(IntCC::SignedLessThan, i, end);
+    b.ins().brif(go_on, body_block, &[], exit, &[BlockArg::Value(acc)]);
+    b.switch_to_block(body_block);
+    let next_acc = body(b, i, acc);
+    let next = b.ins().iadd_imm_s(i, step);
+    b.ins().jump(header, &[BlockArg::Value(next), BlockArg::Value(next_acc)]);
+    b.switch_to_block(exit);
+    b.block_params(exit)[0]
+}
+
 /// `base + index * scale` as a pointer.
 pub fn element_ptr(b: &mut FunctionBuilder, ptr_ty: Type, base: Value, index: Value, scale: i64) -> Value {
     let off = if scale == 1 { index } else { b.ins().imul_imm_s(index, scale) };

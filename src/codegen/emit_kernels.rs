@@ -5,11 +5,13 @@
 //! `region base + offset`. The innermost loop is vectorised (f32x4 plus a scalar tail) when
 //! every access is contiguous or broadcast along it and the expression has a vector form.
 
-use super::emit::{counted_loop, mem};
+use super::emit::{counted_loop, counted_loop_carry, mem};
 use super::jit::Imports;
 use super::kernel::*;
+use super::expr_dag::Dag;
+use super::profile;
 use super::vmath;
-use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, condcodes::FloatCC, condcodes::IntCC, types};
+use cranelift_codegen::ir::{BlockArg, InstBuilder, MemFlagsData, Type, Value, condcodes::FloatCC, condcodes::IntCC, types};
 use cranelift_frontend::FunctionBuilder;
 
 /// What a compiled step reads. The layout is shared with the runtime (`#[repr(C)]`).
@@ -64,6 +66,8 @@ pub struct Env {
     key: Value,
     /// The index of the enclosing time loop, if any.
     loop_var: Option<Value>,
+    /// When compiled for `--profile`: this program's index in the profile table.
+    pub profile: Option<i64>,
 }
 
 fn trusted() -> MemFlagsData {
@@ -86,7 +90,7 @@ impl Env {
         let seq_ptr = ld(b, FRAME_SEQ);
         let seq = (0..seq_dims).map(|k| b.ins().load(types::I64, trusted(), seq_ptr, (k * 8) as i32)).collect();
         let key = b.ins().load(types::I64, trusted(), frame, FRAME_KEY);
-        Env { ptr, state, grad, opt, arena, out, inputs, lengths, scalars, batch, seq_ptr, seq, key, loop_var: None }
+        Env { ptr, state, grad, opt, arena, out, inputs, lengths, scalars, batch, seq_ptr, seq, key, loop_var: None, profile: None }
     }
 
     /// A runtime size as an `i64` value.
@@ -157,17 +161,36 @@ fn elem_bytes(e: Elem) -> i64 {
     }
 }
 
-/// Emits one kernel.
+/// Emits one kernel, followed by a profile mark when profiling (a time loop's body kernels
+/// are marked one by one instead).
 pub fn emit(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, k: &Kernel) {
+    emit_kernel(b, env, imports, k);
+    if let Some(program) = env.profile
+        && !matches!(k, Kernel::Loop { .. })
+    {
+        let class = profile::class_of(k) + if env.loop_var.is_some() { profile::IN_LOOP } else { 0 };
+        profile_mark(b, imports, program, class);
+    }
+}
+
+/// A call to [`profile::kpc_profile_mark`].
+pub fn profile_mark(b: &mut FunctionBuilder, imports: &mut Imports, program: i64, class: i64) {
+    let f = imports.func(b, "kpc_profile_mark");
+    let p = b.ins().iconst(types::I64, program);
+    let c = b.ins().iconst(types::I64, class);
+    b.ins().call(f, &[p, c]);
+}
+
+fn emit_kernel(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, k: &Kernel) {
     match k {
         Kernel::Gemm { m, n, k, batch, a, b: bm, c, accumulate } => emit_gemm(b, env, imports, *m, *n, *k, *batch, a, bm, c, *accumulate),
-        Kernel::Map { shape, inputs, outputs } => emit_map(b, env, imports, shape, inputs, outputs),
-        Kernel::Reduce { shape, inputs, expr, op, out, init } => emit_reduce(b, env, imports, shape, inputs, expr, *op, out, *init),
+        Kernel::Map { shape, inputs, outputs } => emit_map(b, env, shape, inputs, outputs),
+        Kernel::Reduce { shape, inputs, expr, op, out, init } => emit_reduce(b, env, shape, inputs, expr, *op, out, *init),
         Kernel::Gather { rows, width, ids, table, dst } => emit_gather(b, env, *rows, *width, *ids, *table, *dst, None, false),
         Kernel::ScatterAdd { rows, width, ids, src, table, skip } => emit_gather(b, env, *rows, *width, *ids, *table, *src, *skip, true),
         Kernel::Zero { buf, len } => {
             let zero_access = Access::new(*buf, vec![Size::fixed(1)]);
-            emit_map(b, env, imports, &[*len], &[], &[(zero_access, Expr::Const(0.0))]);
+            emit_map(b, env, &[*len], &[], &[(zero_access, Expr::Const(0.0))]);
         }
         Kernel::Pick { rows, cols, x, ids, out } => emit_pick(b, env, *rows, *cols, *x, *ids, *out, false),
         Kernel::PutAdd { rows, cols, g, ids, dx } => emit_pick(b, env, *rows, *cols, *dx, *ids, *g, true),
@@ -223,7 +246,7 @@ pub fn emit(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, k: &Kerne
                 });
             });
         }
-        Kernel::Loop { count, reverse, body } => {
+        Kernel::Loop { count, reverse, rows, body } => {
             let n = env.size(b, *count);
             let zero = b.ins().iconst(types::I64, 0);
             counted_loop(b, types::I64, zero, n, 1, |b, i| {
@@ -233,13 +256,42 @@ pub fn emit(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, k: &Kerne
                 } else {
                     i
                 };
-                let inner = Env { loop_var: Some(t), ..env.clone() };
+                let batch = match rows {
+                    Some(lengths) => running_rows(b, env, *lengths, t),
+                    None => env.batch,
+                };
+                let inner = Env { loop_var: Some(t), batch, ..env.clone() };
                 for k in body {
                     emit(b, &inner, imports, k);
                 }
             });
         }
     }
+}
+
+/// `1 + max{i : lengths[i] > t}` (0 if none): the rows a packed time loop computes at step
+/// `t`, found by scanning down from the last row.
+fn running_rows(b: &mut FunctionBuilder, env: &Env, lengths: Buf, t: Value) -> Value {
+    let base = env.base(b, lengths);
+    let tf = b.ins().fcvt_from_sint(types::F32, t);
+    let header = b.create_block();
+    let check = b.create_block();
+    let exit = b.create_block();
+    b.append_block_param(header, types::I64);
+    b.append_block_param(exit, types::I64);
+    b.ins().jump(header, &[BlockArg::Value(env.batch)]);
+    b.switch_to_block(header);
+    let r = b.block_params(header)[0];
+    let any = b.ins().icmp_imm_s(IntCC::SignedGreaterThan, r, 0);
+    b.ins().brif(any, check, &[], exit, &[BlockArg::Value(r)]);
+    b.switch_to_block(check);
+    let prev = b.ins().iadd_imm_s(r, -1);
+    let p = super::emit::element_ptr(b, env.ptr, base, prev, 4);
+    let len = b.ins().load(types::F32, mem(), p, 0);
+    let running = b.ins().fcmp(FloatCC::GreaterThan, len, tf);
+    b.ins().brif(running, exit, &[BlockArg::Value(r)], header, &[BlockArg::Value(prev)]);
+    b.switch_to_block(exit);
+    b.block_params(exit)[0]
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -402,73 +454,11 @@ fn is_zero_stride(s: Option<&Size>) -> bool {
     matches!(s, Some(s) if s.is_fixed() && s.factor == 0)
 }
 
-fn splat_const(b: &mut FunctionBuilder, lane: Type, v: f32) -> Value {
-    let c = b.ins().f32const(v);
-    if lane == types::F32 { c } else { b.ins().splat(lane, c) }
-}
-
-fn eval_expr(b: &mut FunctionBuilder, e: &Expr, lane: Type, inputs: &[Value], index: Value, env: &Env, imports: &mut Imports) -> Value {
-    let rec = |b: &mut FunctionBuilder, x: &Expr, imports: &mut Imports| eval_expr(b, x, lane, inputs, index, env, imports);
-    match e {
-        Expr::In(k) => inputs[*k],
-        Expr::Const(c) => splat_const(b, lane, *c),
-        Expr::Scalar(s) => {
-            let v = env.scalar(b, *s);
-            if lane == types::F32 { v } else { b.ins().splat(lane, v) }
-        }
-        Expr::InnerIndex => {
-            let f = b.ins().fcvt_from_sint(types::F32, index);
-            if lane == types::F32 { f } else { b.ins().splat(lane, f) }
-        }
-        Expr::LoopVar => {
-            let v = env.loop_index_f32(b);
-            if lane == types::F32 { v } else { b.ins().splat(lane, v) }
-        }
-        Expr::Neg(a) => {
-            let a = rec(b, a, imports);
-            b.ins().fneg(a)
-        }
-        Expr::Add(x, y) | Expr::Sub(x, y) | Expr::Mul(x, y) | Expr::Div(x, y) | Expr::Max(x, y) | Expr::Min(x, y) => {
-            let (x1, y1) = (rec(b, x, imports), rec(b, y, imports));
-            match e {
-                Expr::Add(..) => b.ins().fadd(x1, y1),
-                Expr::Sub(..) => b.ins().fsub(x1, y1),
-                Expr::Mul(..) => b.ins().fmul(x1, y1),
-                Expr::Div(..) => b.ins().fdiv(x1, y1),
-                Expr::Max(..) => select_cmp(b, lane, FloatCC::GreaterThan, x1, y1, x1, y1),
-                _ => select_cmp(b, lane, FloatCC::LessThan, x1, y1, x1, y1),
-            }
-        }
-        Expr::Sqrt(a) => {
-            let a = rec(b, a, imports);
-            b.ins().sqrt(a)
-        }
-        Expr::Abs(a) => {
-            let a = rec(b, a, imports);
-            b.ins().fabs(a)
-        }
-        Expr::Exp(a) | Expr::Log(a) | Expr::Tanh(a) | Expr::Erf(a) => {
-            let x = rec(b, a, imports);
-            match e {
-                Expr::Exp(_) => vmath::exp(b, lane, x),
-                Expr::Log(_) => vmath::log(b, lane, x),
-                Expr::Tanh(_) => vmath::tanh(b, lane, x),
-                _ => vmath::erf(b, lane, x),
-            }
-        }
-        Expr::SelectGt(p, q, t, f) | Expr::SelectEq(p, q, t, f) => {
-            let (p1, q1, t1, f1) = (rec(b, p, imports), rec(b, q, imports), rec(b, t, imports), rec(b, f, imports));
-            let cc = if matches!(e, Expr::SelectGt(..)) { FloatCC::GreaterThan } else { FloatCC::Equal };
-            select_cmp(b, lane, cc, p1, q1, t1, f1)
-        }
-    }
-}
-
 fn select_cmp(b: &mut FunctionBuilder, lane: Type, cc: FloatCC, p: Value, q: Value, t: Value, f: Value) -> Value {
     vmath::select(b, lane, cc, p, q, t, f)
 }
 
-fn emit_map(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, shape: &[Size], inputs: &[Access], outputs: &[(Access, Expr)]) {
+fn emit_map(b: &mut FunctionBuilder, env: &Env, shape: &[Size], inputs: &[Access], outputs: &[(Access, Expr)]) {
     let mut all: Vec<&Access> = inputs.iter().collect();
     all.extend(outputs.iter().map(|(a, _)| a));
     let exprs: Vec<&Expr> = outputs.iter().map(|(_, e)| e).collect();
@@ -476,17 +466,17 @@ fn emit_map(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, shape: &[
     let curs = cursors(b, env, &all);
     let broadcast: Vec<bool> = all.iter().map(|a| is_zero_stride(a.strides.last())).collect();
     let n_in = inputs.len();
+    let dag = Dag::new(&exprs);
     loop_nest(b, env, shape, &curs, vector, &mut |b, ptrs, lane, index| {
         let vals: Vec<Value> = (0..n_in).map(|k| load(b, &curs[k], ptrs[k], lane, broadcast[k])).collect();
-        for (j, (_, e)) in outputs.iter().enumerate() {
-            let v = eval_expr(b, e, lane, &vals, index, env, imports);
+        for (j, v) in dag.eval(b, lane, &vals, index, env).into_iter().enumerate() {
             b.ins().store(mem(), v, ptrs[n_in + j], 0);
         }
     });
 }
 
 #[allow(clippy::too_many_arguments)]
-fn emit_reduce(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, shape: &[Size], inputs: &[Access], expr: &Expr, op: ReduceOp, out: &Access, init: bool) {
+fn emit_reduce(b: &mut FunctionBuilder, env: &Env, shape: &[Size], inputs: &[Access], expr: &Expr, op: ReduceOp, out: &Access, init: bool) {
     let identity = match op {
         ReduceOp::Sum => 0.0,
         ReduceOp::Max => f32::NEG_INFINITY,
@@ -495,27 +485,85 @@ fn emit_reduce(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, shape:
     if init {
         // The output's own index space: the reduced axes (zero stride) collapse to extent 1.
         let out_shape: Vec<Size> = shape.iter().zip(&out.strides).map(|(s, st)| if st.is_fixed() && st.factor == 0 { Size::fixed(1) } else { *s }).collect();
-        emit_map(b, env, imports, &out_shape, &[], &[(out.clone(), Expr::Const(identity))]);
+        emit_map(b, env, &out_shape, &[], &[(out.clone(), Expr::Const(identity))]);
     }
     let mut all: Vec<&Access> = inputs.iter().collect();
     all.push(out);
     let inner_reduced = is_zero_stride(out.strides.last());
-    // A reduction along the innermost axis keeps the output in a register per row; vectorised
-    // lanes are combined at the end of the row.
-    let vector = vectorizable(&all, &[expr]) && !inner_reduced;
+    let vector = vectorizable(&all, &[expr]);
+    if inner_reduced && vector && !shape.is_empty() {
+        return emit_row_reduce(b, env, shape, inputs, expr, op, out, identity);
+    }
     let curs = cursors(b, env, &all);
     let broadcast: Vec<bool> = all.iter().map(|a| is_zero_stride(a.strides.last())).collect();
     let n_in = inputs.len();
-    loop_nest(b, env, shape, &curs, vector, &mut |b, ptrs, lane, index| {
+    let dag = Dag::new(&[expr]);
+    // Along a kept inner axis, four outputs accumulate at once; along a reduced inner axis
+    // (argmax-style expressions that need the column index) the loop runs scalar.
+    loop_nest(b, env, shape, &curs, vector && !inner_reduced, &mut |b, ptrs, lane, index| {
         let vals: Vec<Value> = (0..n_in).map(|k| load(b, &curs[k], ptrs[k], lane, broadcast[k])).collect();
-        let v = eval_expr(b, expr, lane, &vals, index, env, imports);
+        let v = dag.eval(b, lane, &vals, index, env)[0];
         let old = b.ins().load(lane, mem(), ptrs[n_in], 0);
-        let new = match op {
-            ReduceOp::Sum => b.ins().fadd(old, v),
-            ReduceOp::Max => select_cmp(b, lane, FloatCC::GreaterThan, v, old, v, old),
-            ReduceOp::Min => select_cmp(b, lane, FloatCC::LessThan, v, old, v, old),
-        };
+        let new = combine(b, lane, op, old, v);
         b.ins().store(mem(), new, ptrs[n_in], 0);
+    });
+}
+
+fn combine(b: &mut FunctionBuilder, lane: Type, op: ReduceOp, acc: Value, v: Value) -> Value {
+    match op {
+        ReduceOp::Sum => b.ins().fadd(acc, v),
+        ReduceOp::Max => select_cmp(b, lane, FloatCC::GreaterThan, v, acc, v, acc),
+        ReduceOp::Min => select_cmp(b, lane, FloatCC::LessThan, v, acc, v, acc),
+    }
+}
+
+/// A reduction along the innermost axis (row sums, row maxima): per row, four lanes
+/// accumulate in a register, are combined pairwise at the end of the row, then the scalar
+/// tail and the output's old value are folded in.
+#[allow(clippy::too_many_arguments)]
+fn emit_row_reduce(b: &mut FunctionBuilder, env: &Env, shape: &[Size], inputs: &[Access], expr: &Expr, op: ReduceOp, out: &Access, identity: f32) {
+    let mut all: Vec<&Access> = inputs.iter().collect();
+    all.push(out);
+    let curs = cursors(b, env, &all);
+    let broadcast: Vec<bool> = all.iter().map(|a| is_zero_stride(a.strides.last())).collect();
+    let n_in = inputs.len();
+    let dag = Dag::new(&[expr]);
+    let (outer, last) = shape.split_at(shape.len() - 1);
+    let n = env.size(b, last[0]);
+    let axis = shape.len() - 1;
+    loop_nest(b, env, outer, &curs, false, &mut |b, row, _, _| {
+        let at = |b: &mut FunctionBuilder, i: Value| -> Vec<Value> {
+            curs.iter()
+                .zip(row)
+                .map(|(c, p)| {
+                    let off = b.ins().imul(i, c.strides[axis]);
+                    b.ins().iadd(*p, off)
+                })
+                .collect()
+        };
+        let zero = b.ins().iconst(types::I64, 0);
+        let vec_end = b.ins().band_imm_s(n, !3i64);
+        let id = b.ins().f32const(identity);
+        let init = b.ins().splat(types::F32X4, id);
+        let lanes = counted_loop_carry(b, zero, vec_end, 4, init, |b, i, acc| {
+            let p = at(b, i);
+            let vals: Vec<Value> = (0..n_in).map(|k| load(b, &curs[k], p[k], types::F32X4, broadcast[k])).collect();
+            let v = dag.eval(b, types::F32X4, &vals, i, env)[0];
+            combine(b, types::F32X4, op, acc, v)
+        });
+        let l: Vec<Value> = (0..4u8).map(|k| b.ins().extractlane(lanes, k)).collect();
+        let lo = combine(b, types::F32, op, l[0], l[1]);
+        let hi = combine(b, types::F32, op, l[2], l[3]);
+        let folded = combine(b, types::F32, op, lo, hi);
+        let total = counted_loop_carry(b, vec_end, n, 1, folded, |b, i, acc| {
+            let p = at(b, i);
+            let vals: Vec<Value> = (0..n_in).map(|k| load(b, &curs[k], p[k], types::F32, broadcast[k])).collect();
+            let v = dag.eval(b, types::F32, &vals, i, env)[0];
+            combine(b, types::F32, op, acc, v)
+        });
+        let old = b.ins().load(types::F32, mem(), row[n_in], 0);
+        let new = combine(b, types::F32, op, old, total);
+        b.ins().store(mem(), new, row[n_in], 0);
     });
 }
 

@@ -85,8 +85,9 @@ pub struct Executable {
 
 impl Executable {
     /// Plans memory for batches of at most `max_rows` rows and padded lengths `max_seq`,
-    /// then compiles every program (in order: `step(i)` runs `programs[i]`).
-    pub fn compile(layout: Layout, mut programs: Vec<ProgramSpec>, max_rows: usize, max_seq: Vec<i64>) -> Result<Executable, CodegenError> {
+    /// then compiles every program (in order: `step(i)` runs `programs[i]`), with profile
+    /// marks after every kernel when `profile` is set (see [`super::profile`]).
+    pub fn compile(layout: Layout, mut programs: Vec<ProgramSpec>, max_rows: usize, max_seq: Vec<i64>, profile: bool) -> Result<Executable, CodegenError> {
         let mut arena_bytes = 0usize;
         for p in &mut programs {
             arena_bytes = arena_bytes.max(memory::plan(&mut p.kernels, &p.temps, max_rows as i64, &max_seq));
@@ -97,8 +98,8 @@ impl Executable {
         }
         let mut jit = Jit::new()?;
         let mut ids = Vec::new();
-        for p in &programs {
-            ids.push(define_step(&mut jit, &p.name, layout.seq_dims, &p.kernels)?);
+        for (i, p) in programs.iter().enumerate() {
+            ids.push(define_step(&mut jit, &p.name, layout.seq_dims, &p.kernels, profile.then_some(i as i64))?);
         }
         let code = jit.finish()?;
         // SAFETY: each id was defined by define_step in this module; `code` lives in `self`.

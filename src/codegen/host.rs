@@ -1,8 +1,9 @@
-//! Host functions generated code calls: the f32 GEMM kernel. (Transcendentals are inline,
+//! Host functions generated code calls: the f32 GEMM kernel and the profiler's clock. (Transcendentals are inline,
 //! see `vmath`.) Every one is `extern "C"` with plain arguments.
 
 use super::jit::HostFn;
 use cranelift_codegen::ir::types::{F32, I32, I64};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// `C = alpha·C + beta·(A·B)` for row/column-strided f32 matrices (`gemm` crate, one thread
 /// unless `threads > 1` was requested at start-up). Strides are in elements. `read_c = 0`
@@ -71,10 +72,27 @@ pub unsafe extern "C" fn kpc_sgemm(
     }
 }
 
-/// Single-threaded: results must not depend on the thread count, and the headline figures
-/// are one core's. (`--threads` arrives with the performance work.)
+/// Threads the GEMM kernel may use (`--threads`); 1 until [`set_threads`] says otherwise.
+static THREADS: AtomicUsize = AtomicUsize::new(1);
+
+/// Lets GEMMs use `n` threads (rayon's global pool, built here with `n` workers). The
+/// kernel splits the output into blocks and never splits the sum over `k`, so results are
+/// bit-identical for every thread count.
+pub fn set_threads(n: usize) {
+    let n = n.max(1);
+    THREADS.store(n, Ordering::Relaxed);
+    if n > 1 {
+        // A second call keeps the first pool (build_global fails once one exists); the
+        // GEMM still asks for at most `n` tasks.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
+}
+
 fn parallelism() -> gemm::Parallelism {
-    gemm::Parallelism::None
+    match THREADS.load(Ordering::Relaxed) {
+        1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
 }
 
 /// Every host function, with its Cranelift signature (`I64` stands for a pointer-sized
@@ -87,5 +105,6 @@ pub fn functions() -> Vec<HostFn> {
             params: &[I64, I64, I64, I64, I64, I64, I32, I64, I64, I64, I64, I64, I64, F32, F32],
             returns: &[],
         },
+        HostFn { name: "kpc_profile_mark", ptr: super::profile::kpc_profile_mark as *const u8, params: &[I64, I64], returns: &[] },
     ]
 }

@@ -266,8 +266,12 @@ pub enum Kernel {
     /// for `[B, steps, width]` sequences; `lengths` holds f32 lengths.
     LastStep { steps: Size, width: usize, x: Buf, lengths: Buf, out: Buf, scatter: bool },
     /// Runs `body` for t = 0, 1, …, count − 1 (or backwards), the time loop of recurrent
-    /// layers; accesses inside offset by `t · step`.
-    Loop { count: Size, reverse: bool, body: Vec<Kernel> },
+    /// layers; accesses inside offset by `t · step`. With `rows` (per-row f32 lengths), the
+    /// body's batch size `B` is, at step t, the number of leading rows up to the last one
+    /// still running (`1 + max{i : rows[i] > t}`): rows after it are skipped, not computed
+    /// and masked. The runtime orders each batch by decreasing length so that this prefix
+    /// is tight; rows inside it that have finished are still masked by the body.
+    Loop { count: Size, reverse: bool, rows: Option<Buf>, body: Vec<Kernel> },
 }
 
 /// SplitMix64's finaliser: a bijective mix with good avalanche.

@@ -122,7 +122,12 @@ pub fn rewrite_bufs(k: &mut Kernel, f: &mut dyn FnMut(&mut Buf)) {
             f(lengths);
             f(out);
         }
-        Kernel::Loop { body, .. } => body.iter_mut().for_each(|k| rewrite_bufs(k, f)),
+        Kernel::Loop { body, rows, .. } => {
+            if let Some(r) = rows {
+                f(r);
+            }
+            body.iter_mut().for_each(|k| rewrite_bufs(k, f));
+        }
     }
 }
 

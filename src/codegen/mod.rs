@@ -6,8 +6,10 @@
 pub mod emit;
 pub mod emit_kernels;
 pub mod exec;
+pub mod expr_dag;
 pub mod kernel;
 pub mod memory;
+pub mod profile;
 pub mod recurrent;
 pub mod schedule;
 pub mod step;

@@ -210,7 +210,13 @@ pub fn forward(b: &mut Builder, l: &Layer, y: Buf) -> Saved {
     outputs.push((Access::new(state, vec![fx(h), fx(1)]), valid(h_new, hprev)));
     inner.push(Kernel::Map { shape: vec![Size::batch(1), fx(h)], inputs, outputs });
     body.extend(inner.kernels);
-    b.push(Kernel::Loop { count: l.steps, reverse: false, body });
+    // The loop skips rows past the last running one (see `Kernel::Loop`): what is read
+    // outside the loop at every row — the output, and the states the weight gradient
+    // multiplies by zero gate gradients — starts at zero.
+    for buf in [y, saved.h_prev] {
+        b.push(Kernel::Zero { buf, len: bt.times(fx(h)) });
+    }
+    b.push(Kernel::Loop { count: l.steps, reverse: false, rows: Some(l.lengths), body });
     saved
 }
 
@@ -295,7 +301,11 @@ pub fn backward(b: &mut Builder, l: &Layer, saved: &Saved, dy: Buf) -> Grads {
         inputs: vec![Access::new(tmp, vec![fx(h), fx(1)]), Access::new(direct, vec![fx(h), fx(1)]), Access::new(dh, vec![fx(h), fx(1)]), rows(l.lengths)],
         outputs: vec![(Access::new(dh, vec![fx(h), fx(1)]), gt(input(3), Expr::LoopVar, add(input(0), input(1)), input(2)))],
     });
-    b.push(Kernel::Loop { count: l.steps, reverse: true, body: inner.kernels });
+    // Skipped rows get no gate gradients; the whole-sequence products below read all rows.
+    for buf in [dgi, dgh] {
+        b.push(Kernel::Zero { buf, len: bt.times(fx(g)) });
+    }
+    b.push(Kernel::Loop { count: l.steps, reverse: true, rows: Some(l.lengths), body: inner.kernels });
     // Whole-sequence gradients.
     let grads = Grads {
         x: b.temp(Elem::F32, bt.times(fx(l.input))),

@@ -1,13 +1,14 @@
 //! A list of kernels compiled into one step function `extern "C" fn(&Frame)`.
 
-use super::emit_kernels::{Env, Frame, emit};
+use super::emit_kernels::{Env, Frame, emit, profile_mark};
 use super::jit::{CodegenError, Compiled, Jit};
 use super::kernel::Kernel;
 use cranelift_codegen::ir::InstBuilder;
 use cranelift_module::FuncId;
 
-/// Declares and defines `name` running `kernels` in order.
-pub fn define_step(jit: &mut Jit, name: &str, seq_dims: usize, kernels: &[Kernel]) -> Result<FuncId, CodegenError> {
+/// Declares and defines `name` running `kernels` in order; with `profile = Some(i)`, marks
+/// the time of every kernel in row `i` of the profile table (see [`super::profile`]).
+pub fn define_step(jit: &mut Jit, name: &str, seq_dims: usize, kernels: &[Kernel], profile: Option<i64>) -> Result<FuncId, CodegenError> {
     let sig = jit.signature(1);
     let ptr = jit.ptr;
     jit.define(name, sig, |b, imports| {
@@ -15,7 +16,11 @@ pub fn define_step(jit: &mut Jit, name: &str, seq_dims: usize, kernels: &[Kernel
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let frame = b.block_params(entry)[0];
-        let env = Env::load(b, ptr, frame, seq_dims);
+        let mut env = Env::load(b, ptr, frame, seq_dims);
+        env.profile = profile;
+        if let Some(p) = profile {
+            profile_mark(b, imports, p, super::profile::START);
+        }
         for k in kernels {
             emit(b, &env, imports, k);
         }

@@ -80,7 +80,7 @@ fn frame(arena: *mut u8) -> Frame {
 /// Compiles `kernels` into one step and runs it once on `frame`.
 fn execute(kernels: &[Kernel], seq_dims: usize, frame: &Frame) {
     let mut jit = Jit::new().expect("jit");
-    let id = define_step(&mut jit, "step", seq_dims, kernels).expect("define");
+    let id = define_step(&mut jit, "step", seq_dims, kernels, None).expect("define");
     let code = jit.finish().expect("finish");
     let step = unsafe { StepFn::new(&code, id) };
     unsafe { step.call(frame) };
@@ -245,7 +245,7 @@ fn time_loop_steps_accesses_and_masks_by_length() {
             (row(arena(20), Size::fixed(1)), valid(Expr::Add(Box::new(Expr::In(1)), Box::new(Expr::In(0))), Expr::Const(0.0))),
         ],
     }];
-    let k = Kernel::Loop { count: seq, reverse: false, body };
+    let k = Kernel::Loop { count: seq, reverse: false, rows: None, body };
     let lens_ptr: [*const i32; 1] = [lens.as_ptr()];
     let seqs = [3i64];
     let f = Frame { lengths: lens_ptr.as_ptr(), batch: 2, seq: seqs.as_ptr(), ..frame(mem.as_mut_ptr() as *mut u8) };

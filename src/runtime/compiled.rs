@@ -48,6 +48,11 @@ pub fn max_batch_rows(job: &Job) -> usize {
 
 /// Builds, schedules and compiles every program of `job`.
 pub fn compile(job: &Job) -> Result<CompiledJob, Diagnostic> {
+    compile_with(job, false)
+}
+
+/// [`compile`], with profile marks after every kernel when `profile` is set (`--profile`).
+pub fn compile_with(job: &Job, profile: bool) -> Result<CompiledJob, Diagnostic> {
     let t0 = Instant::now();
     let programs = build(job).map_err(|u| Diagnostic::at(u.span, u.what, "not supported yet"))?;
     let layout = StateLayout::new(job, &programs.opt_slots);
@@ -89,7 +94,7 @@ pub fn compile(job: &Job) -> Result<CompiledJob, Diagnostic> {
     };
     let max_rows = max_batch_rows(job);
     let max_seq = max_lengths(job, &layout);
-    let exec = Executable::compile(exec_layout, specs, max_rows, max_seq).map_err(bug)?;
+    let exec = Executable::compile(exec_layout, specs, max_rows, max_seq, profile).map_err(bug)?;
     Ok(CompiledJob { programs, layout, exec, train, eval, compile_ms: t0.elapsed().as_secs_f64() * 1e3 })
 }
 
@@ -132,6 +137,12 @@ pub struct BatchBuffers {
     length_ptrs: Vec<*const i32>,
     /// Per sequence dimension: the current batch's padded length.
     padded: Vec<i64>,
+    /// The field whose sequence lengths order each batch (longest first), when the job
+    /// has recurrent layers: their time loops skip the rows that have finished, which is
+    /// a tight prefix of rows only in that order (see `codegen::kernel::Kernel::Loop`).
+    order_by: Option<usize>,
+    /// The current batch's rows in that order.
+    order: Vec<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -152,6 +163,8 @@ impl BatchBuffers {
             lengths: vec![vec![0; max_rows.max(1)]; names.len()],
             length_ptrs: Vec::new(),
             padded: vec![0; names.len()],
+            order_by: None,
+            order: Vec::with_capacity(max_rows),
         };
         let longest = |field: usize| {
             [Some(&job.data.train), job.data.eval.as_ref()]
@@ -184,11 +197,38 @@ impl BatchBuffers {
                 }
             }
         }
+        // Order by the sequence input with the longest rows: it has the longest time loops,
+        // where skipping finished rows saves the most.
+        let recurrent = job.layers.iter().any(|l| matches!(l.kind, crate::check::LayerKind::Recurrent { .. }));
+        if recurrent {
+            b.order_by = job
+                .inputs
+                .iter()
+                .filter(|i| matches!(job.data.train.fields[i.field].values, Values::Seq { .. }))
+                .max_by_key(|i| longest(i.field))
+                .map(|i| i.field);
+        }
         Ok(b)
     }
 
-    /// Gathers `rows` of `table` into the buffers and returns the batch view.
+    /// Gathers `rows` of `table` into the buffers and returns the batch view. With
+    /// recurrent layers the rows are placed longest first (ties in the given order); every
+    /// loss, metric and gradient is a sum over rows, so only rounding can tell.
     pub fn fill<'a>(&'a mut self, job: &Job, table: &Table, rows: &[usize], rng_key: u64) -> BatchView<'a> {
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        order.extend_from_slice(rows);
+        if let Some(field) = self.order_by
+            && let Values::Seq { offsets, .. } = &table.fields[field].values
+        {
+            order.sort_by_key(|&r| std::cmp::Reverse(offsets[r + 1] - offsets[r]));
+        }
+        self.fill_in_order(job, table, &order);
+        self.order = order;
+        self.view(rows.len(), rng_key)
+    }
+
+    fn fill_in_order(&mut self, job: &Job, table: &Table, rows: &[usize]) {
         for (input, &(slot, k, w)) in job.inputs.iter().zip(&self.slots) {
             match (&table.fields[input.field].values, slot) {
                 (Values::F32 { data, .. }, Slot::F32) => {
@@ -218,12 +258,15 @@ impl BatchBuffers {
                 _ => unreachable!("train and eval fields have the same kind"),
             }
         }
+    }
+
+    fn view(&mut self, rows: usize, rng_key: u64) -> BatchView<'_> {
         self.ptrs.clear();
         for &(slot, k, _) in &self.slots {
             self.ptrs.push(if slot == Slot::F32 { self.f32s[k].as_ptr() as *const u8 } else { self.i64s[k].as_ptr() as *const u8 });
         }
         self.length_ptrs.clear();
         self.length_ptrs.extend(self.lengths.iter().map(|l| l.as_ptr()));
-        BatchView { inputs: &self.ptrs, lengths: &self.length_ptrs, rows: rows.len(), seq: &self.padded, rng_key }
+        BatchView { inputs: &self.ptrs, lengths: &self.length_ptrs, rows, seq: &self.padded, rng_key }
     }
 }

@@ -3,7 +3,7 @@
 //! the console report and checkpoints. Every step runs compiled code; this loop only moves
 //! batches and scalars.
 
-use super::compiled::{BatchBuffers, CompiledJob, compile, max_batch_rows};
+use super::compiled::{BatchBuffers, CompiledJob, compile, compile_with, max_batch_rows};
 use super::state::{self, StateValues};
 use crate::check::{Every, Job, Optimizer, ScheduleKind};
 use crate::codegen::kernel::mix64;
@@ -22,6 +22,10 @@ pub struct RunOptions {
     pub save: Option<PathBuf>,
     pub metrics: Option<PathBuf>,
     pub quiet: bool,
+    /// Compile with profile marks and report where the steps' time went (`--profile`).
+    pub profile: bool,
+    /// When the process started (for the `first_step` record); the start of [`run`] if unset.
+    pub started: Option<Instant>,
 }
 
 /// The learning rate of optimizer step `s` (from 1) after `epochs_done` epochs, in f64.
@@ -110,7 +114,7 @@ fn starting_state(job: &Job, opts: &RunOptions, seed: u64) -> Result<StateValues
     }
 }
 
-fn line(out: &mut Option<std::fs::File>, text: String) -> Result<(), Diagnostic> {
+fn line(out: &mut Option<std::io::BufWriter<std::fs::File>>, text: String) -> Result<(), Diagnostic> {
     if let Some(f) = out {
         writeln!(f, "{text}").map_err(|e| Diagnostic::error(format!("cannot write the metrics file: {e}")))?;
     }
@@ -119,15 +123,17 @@ fn line(out: &mut Option<std::fs::File>, text: String) -> Result<(), Diagnostic>
 
 /// Trains `job`; returns the final eval results.
 pub fn run(job: &Job, opts: &RunOptions) -> Result<Vec<(String, f64)>, Diagnostic> {
+    let started = opts.started.unwrap_or_else(Instant::now);
     let seed = opts.seed.unwrap_or(job.train.seed);
     let epochs = opts.epochs.unwrap_or(job.train.epochs);
-    let mut c = compile(job)?;
+    let mut c = compile_with(job, opts.profile)?;
     let start = starting_state(job, opts, seed)?;
     c.set_state(&start);
     let mut batches_tracked = start.batches_tracked;
     let has_batchnorm = job.layers.iter().any(|l| matches!(l.kind, crate::check::LayerKind::BatchNorm { .. }));
     let mut metrics_file = match &opts.metrics {
-        Some(p) => Some(std::fs::File::create(p).map_err(|e| Diagnostic::error(format!("cannot create `{}`: {e}", p.display())))?),
+        // Buffered: a step record per step must not cost a system call per step.
+        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| Diagnostic::error(format!("cannot create `{}`: {e}", p.display())))?)),
         None => None,
     };
     line(&mut metrics_file, format!("{{\"kind\":\"compile\",\"ms\":{:.3}}}", c.compile_ms))?;
@@ -154,6 +160,7 @@ pub fn run(job: &Job, opts: &RunOptions) -> Result<Vec<(String, f64)>, Diagnosti
         ));
     }
     let mut step = 0u64;
+    let mut train_steps = 0u64;
     let mut results = Vec::new();
     // A progress bar only where someone is watching: on a terminal, and not with --quiet.
     let show_bar = !opts.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -208,6 +215,11 @@ pub fn run(job: &Job, opts: &RunOptions) -> Result<Vec<(String, f64)>, Diagnosti
                 c.exec.run(c.train[1], &batch);
             }
             step += 1;
+            train_steps += group.len() as u64;
+            if step == 1 {
+                let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                line(&mut metrics_file, format!("{{\"kind\":\"first_step\",\"ms\":{:.3},\"unix_s\":{unix:.6}}}", started.elapsed().as_secs_f64() * 1e3))?;
+            }
             let loss = (micro_losses / group.len() as f64) as f32;
             line(&mut metrics_file, format!("{{\"kind\":\"step\",\"epoch\":{epoch},\"step\":{step},\"loss\":{},\"lr\":{}}}", json_f32(loss), json_f32(lr as f32)))?;
             if !loss.is_finite() {
@@ -232,18 +244,27 @@ pub fn run(job: &Job, opts: &RunOptions) -> Result<Vec<(String, f64)>, Diagnosti
             b.finish_and_clear();
         }
         let train_loss = step_losses.iter().sum::<f64>() / step_losses.len().max(1) as f64;
+        // Throughput counts training only: the samples trained on over the time spent on them.
+        let train_seconds = t0.elapsed().as_secs_f64();
+        let samples: usize = chunks.iter().map(|rows| rows.len()).sum();
+        let samples_per_s = samples as f64 / train_seconds.max(1e-9);
         let due = epoch % job.train.eval_every == 0 || epoch == epochs;
         results = if due { evaluate(&mut c, job, &mut buffers) } else { Vec::new() };
         let seconds = t0.elapsed().as_secs_f64();
-        let samples_per_s = (step_losses.len() * bs * k) as f64 / seconds.max(1e-9);
         let mut rec = format!("{{\"kind\":\"epoch\",\"epoch\":{epoch},\"train_loss\":{}", json_f32(train_loss as f32));
         let mut console = format!("epoch {epoch}/{epochs}  train_loss {train_loss:.4}");
         for (key, v) in &results {
             rec.push_str(&format!(",\"{key}\":{}", json_f32(*v as f32)));
             console.push_str(&format!("  {key} {v:.4}"));
         }
-        rec.push_str(&format!(",\"lr\":{},\"seconds\":{seconds:.3},\"samples_per_s\":{samples_per_s:.0}}}", json_f32(lr as f32)));
+        rec.push_str(&format!(
+            ",\"lr\":{},\"seconds\":{seconds:.3},\"train_seconds\":{train_seconds:.4},\"samples_per_s\":{samples_per_s:.0}}}",
+            json_f32(lr as f32)
+        ));
         line(&mut metrics_file, rec)?;
+        if let Some(f) = &mut metrics_file {
+            f.flush().map_err(|e| Diagnostic::error(format!("cannot write the metrics file: {e}")))?;
+        }
         if !opts.quiet {
             say(&format!("{console}  lr {}  {seconds:.2}s", json_f32(lr as f32)));
         }
@@ -251,7 +272,47 @@ pub fn run(job: &Job, opts: &RunOptions) -> Result<Vec<(String, f64)>, Diagnosti
             state::save(job, &c.state(batches_tracked), p)?;
         }
     }
+    if opts.profile {
+        report_profile(&c, train_steps, &mut metrics_file)?;
+        if let Some(f) = &mut metrics_file {
+            f.flush().map_err(|e| Diagnostic::error(format!("cannot write the metrics file: {e}")))?;
+        }
+    }
     Ok(results)
+}
+
+/// `--profile`: a table per program of the time spent in each kernel class, on stdout, and
+/// one `{"kind":"profile"}` record per (program, class) in the metrics file.
+fn report_profile(c: &CompiledJob, train_steps: u64, metrics: &mut Option<std::io::BufWriter<std::fs::File>>) -> Result<(), Diagnostic> {
+    let table = crate::codegen::profile::take();
+    let name = |p: usize| {
+        if Some(p) == c.eval {
+            "eval step"
+        } else if c.train.len() == 1 {
+            "train step"
+        } else if p == c.train[0] {
+            "micro-step"
+        } else {
+            "accumulated update"
+        }
+    };
+    for (p, classes) in table.iter().enumerate() {
+        let total: u64 = classes.iter().map(|(ns, _)| ns).sum();
+        if total == 0 {
+            continue;
+        }
+        let runs = if c.train.contains(&p) && p == c.train[0] { format!(", {train_steps} runs, {:.1} µs per run", total as f64 / 1e3 / train_steps.max(1) as f64) } else { String::new() };
+        let mut text = format!("profile of the {}: {:.1} ms in kernels{runs}\n", name(p), total as f64 / 1e6);
+        let mut rows: Vec<(usize, u64, u64)> = classes.iter().enumerate().filter(|(_, (ns, _))| *ns > 0).map(|(k, (ns, n))| (k, *ns, *n)).collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+        for (k, ns, calls) in rows {
+            let class = crate::codegen::profile::class_name(k);
+            text.push_str(&format!("  {class:<48} {:>10.2} ms {:>6.1}%  {calls:>9} kernels\n", ns as f64 / 1e6, 100.0 * ns as f64 / total as f64));
+            line(metrics, format!("{{\"kind\":\"profile\",\"program\":\"{}\",\"class\":\"{class}\",\"ms\":{:.3},\"share\":{:.4},\"kernels\":{calls}}}", name(p), ns as f64 / 1e6, ns as f64 / total as f64))?;
+        }
+        say(text.trim_end());
+    }
+    Ok(())
 }
 
 /// A report line on stdout; a closed pipe (`kpc run f | head`) ends the report, not the run.
