@@ -189,8 +189,11 @@ fn emit_kernel(b: &mut FunctionBuilder, env: &Env, imports: &mut Imports, k: &Ke
         Kernel::Gather { rows, width, ids, table, dst } => emit_gather(b, env, *rows, *width, *ids, *table, *dst, None, false),
         Kernel::ScatterAdd { rows, width, ids, src, table, skip } => emit_gather(b, env, *rows, *width, *ids, *table, *src, *skip, true),
         Kernel::Zero { buf, len } => {
-            let zero_access = Access::new(*buf, vec![Size::fixed(1)]);
-            emit_map(b, env, &[*len], &[], &[(zero_access, Expr::Const(0.0))]);
+            let f = imports.func(b, "kpc_zero");
+            let p = env.stepped(b, *buf, Size::fixed(0));
+            let n = env.size(b, *len);
+            let bytes = b.ins().imul_imm_s(n, elem_bytes(buf.elem));
+            b.ins().call(f, &[p, bytes]);
         }
         Kernel::Pick { rows, cols, x, ids, out } => emit_pick(b, env, *rows, *cols, *x, *ids, *out, false),
         Kernel::PutAdd { rows, cols, g, ids, dx } => emit_pick(b, env, *rows, *cols, *dx, *ids, *g, true),
@@ -365,6 +368,28 @@ fn uses_inner_index(e: &Expr) -> bool {
     }
 }
 
+/// How the innermost loop of a nest runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Vectorise {
+    No,
+    /// Four lanes at a time.
+    Lanes,
+    /// Four lanes at a time, four vectors per iteration: for short bodies, where the loop's
+    /// own compare, branch and increments are a large share (long bodies are not unrolled:
+    /// it would only make more code to compile).
+    Unrolled,
+}
+
+impl Vectorise {
+    fn choose(vectorizable: bool, dag: &Dag) -> Vectorise {
+        match (vectorizable, dag.cost() <= 24) {
+            (false, _) => Vectorise::No,
+            (true, true) => Vectorise::Unrolled,
+            (true, false) => Vectorise::Lanes,
+        }
+    }
+}
+
 /// The body of a loop nest: (builder, each cursor's pointer, lane type, innermost index).
 type InnerBody<'a> = dyn FnMut(&mut FunctionBuilder, &[Value], Type, Value) + 'a;
 
@@ -375,21 +400,26 @@ fn loop_nest(
     env: &Env,
     shape: &[Size],
     cursors: &[Cursor],
-    vector: bool,
+    vector: Vectorise,
     inner: &mut InnerBody,
 ) {
     let extents: Vec<Value> = shape.iter().map(|s| env.size(b, *s)).collect();
     let starts: Vec<Value> = cursors.iter().map(|c| c.base).collect();
-    nest(b, &extents, cursors, 0, &starts, vector, inner);
+    let inner_extent = shape.last().filter(|s| s.is_fixed()).map(|s| s.factor);
+    nest(b, &extents, inner_extent, cursors, 0, &starts, vector, inner);
 }
 
+/// `inner_extent`, when the innermost extent is known at compile time, leaves out the
+/// loops that would run zero times (less code, faster compiles).
+#[allow(clippy::too_many_arguments)]
 fn nest(
     b: &mut FunctionBuilder,
     extents: &[Value],
+    inner_extent: Option<i64>,
     cursors: &[Cursor],
     axis: usize,
     ptrs: &[Value],
-    vector: bool,
+    vector: Vectorise,
     inner: &mut InnerBody,
 ) {
     if extents.is_empty() {
@@ -412,17 +442,35 @@ fn nest(
     if !last {
         counted_loop(b, types::I64, zero, extents[axis], 1, |b, i| {
             let p = at(b, i);
-            nest(b, extents, cursors, axis + 1, &p, vector, inner);
+            nest(b, extents, inner_extent, cursors, axis + 1, &p, vector, inner);
         });
         return;
     }
     let n = extents[axis];
-    let scalar_from = if vector {
+    // Which of the three loops can run at all (all of them when the extent is symbolic).
+    let may = |runs: fn(i64) -> bool| inner_extent.is_none_or(runs);
+    let scalar_from = if vector != Vectorise::No {
+        // Unrolled: four vectors per iteration, then single vectors, then scalars.
+        let unrolled_end = if vector == Vectorise::Unrolled { b.ins().band_imm_s(n, !15i64) } else { zero };
+        if vector == Vectorise::Unrolled && may(|n| n >= 16) {
+            counted_loop(b, types::I64, zero, unrolled_end, 16, |b, i| {
+                for u in 0..4 {
+                    let iu = if u == 0 { i } else { b.ins().iadd_imm_s(i, 4 * u) };
+                    let p = at(b, iu);
+                    inner(b, &p, types::F32X4, iu);
+                }
+            });
+        }
         let vec_end = b.ins().band_imm_s(n, !3i64);
-        counted_loop(b, types::I64, zero, vec_end, 4, |b, i| {
-            let p = at(b, i);
-            inner(b, &p, types::F32X4, i);
-        });
+        if may(if vector == Vectorise::Unrolled { |n| n % 16 >= 4 } else { |n| n >= 4 }) {
+            counted_loop(b, types::I64, unrolled_end, vec_end, 4, |b, i| {
+                let p = at(b, i);
+                inner(b, &p, types::F32X4, i);
+            });
+        }
+        if !may(|n| n % 4 != 0) {
+            return;
+        }
         vec_end
     } else {
         zero
@@ -467,8 +515,10 @@ fn emit_map(b: &mut FunctionBuilder, env: &Env, shape: &[Size], inputs: &[Access
     let broadcast: Vec<bool> = all.iter().map(|a| is_zero_stride(a.strides.last())).collect();
     let n_in = inputs.len();
     let dag = Dag::new(&exprs);
+    let read: Vec<bool> = (0..n_in).map(|k| dag.reads(k)).collect();
+    let vector = Vectorise::choose(vector, &dag);
     loop_nest(b, env, shape, &curs, vector, &mut |b, ptrs, lane, index| {
-        let vals: Vec<Value> = (0..n_in).map(|k| load(b, &curs[k], ptrs[k], lane, broadcast[k])).collect();
+        let vals: Vec<Value> = (0..n_in).map(|k| if read[k] { load(b, &curs[k], ptrs[k], lane, broadcast[k]) } else { ptrs[k] }).collect();
         for (j, v) in dag.eval(b, lane, &vals, index, env).into_iter().enumerate() {
             b.ins().store(mem(), v, ptrs[n_in + j], 0);
         }
@@ -500,7 +550,8 @@ fn emit_reduce(b: &mut FunctionBuilder, env: &Env, shape: &[Size], inputs: &[Acc
     let dag = Dag::new(&[expr]);
     // Along a kept inner axis, four outputs accumulate at once; along a reduced inner axis
     // (argmax-style expressions that need the column index) the loop runs scalar.
-    loop_nest(b, env, shape, &curs, vector && !inner_reduced, &mut |b, ptrs, lane, index| {
+    let vector = Vectorise::choose(vector && !inner_reduced, &dag);
+    loop_nest(b, env, shape, &curs, vector, &mut |b, ptrs, lane, index| {
         let vals: Vec<Value> = (0..n_in).map(|k| load(b, &curs[k], ptrs[k], lane, broadcast[k])).collect();
         let v = dag.eval(b, lane, &vals, index, env)[0];
         let old = b.ins().load(lane, mem(), ptrs[n_in], 0);
@@ -531,7 +582,7 @@ fn emit_row_reduce(b: &mut FunctionBuilder, env: &Env, shape: &[Size], inputs: &
     let (outer, last) = shape.split_at(shape.len() - 1);
     let n = env.size(b, last[0]);
     let axis = shape.len() - 1;
-    loop_nest(b, env, outer, &curs, false, &mut |b, row, _, _| {
+    loop_nest(b, env, outer, &curs, Vectorise::No, &mut |b, row, _, _| {
         let at = |b: &mut FunctionBuilder, i: Value| -> Vec<Value> {
             curs.iter()
                 .zip(row)

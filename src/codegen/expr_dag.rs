@@ -62,6 +62,23 @@ impl Dag {
         Dag { nodes: b.nodes, roots }
     }
 
+    /// A rough instruction count per element: transcendental functions are ~20 each.
+    pub fn cost(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| match n {
+                Node::Unary(Unary::Exp | Unary::Log | Unary::Tanh | Unary::Erf, _) => 20,
+                Node::Select { .. } => 3,
+                _ => 1,
+            })
+            .sum()
+    }
+
+    /// Does any expression read input `k`? (Unread inputs need not be loaded.)
+    pub fn reads(&self, k: usize) -> bool {
+        self.nodes.contains(&Node::In(k))
+    }
+
     /// Distinct subexpressions (for tests).
     pub fn len(&self) -> usize {
         self.nodes.len()

@@ -72,6 +72,16 @@ pub unsafe extern "C" fn kpc_sgemm(
     }
 }
 
+/// Sets `bytes` bytes at `p` to zero (the C library's memset: wider stores than generated
+/// f32x4 loops).
+///
+/// # Safety
+/// `p` must be valid for `bytes` bytes of writes; generated code derives both from the plan.
+pub unsafe extern "C" fn kpc_zero(p: *mut u8, bytes: usize) {
+    // SAFETY: forwarded contract.
+    unsafe { std::ptr::write_bytes(p, 0, bytes) }
+}
+
 /// Threads the GEMM kernel may use (`--threads`); 1 until [`set_threads`] says otherwise.
 static THREADS: AtomicUsize = AtomicUsize::new(1);
 
@@ -105,6 +115,7 @@ pub fn functions() -> Vec<HostFn> {
             params: &[I64, I64, I64, I64, I64, I64, I32, I64, I64, I64, I64, I64, I64, F32, F32],
             returns: &[],
         },
+        HostFn { name: "kpc_zero", ptr: kpc_zero as *const u8, params: &[I64, I64], returns: &[] },
         HostFn { name: "kpc_profile_mark", ptr: super::profile::kpc_profile_mark as *const u8, params: &[I64, I64], returns: &[] },
     ]
 }

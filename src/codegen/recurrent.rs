@@ -197,16 +197,21 @@ pub fn forward(b: &mut Builder, l: &Layer, y: Buf) -> Saved {
             (h2, c2.clone(), vec![i, f, gg, o, c2])
         }
     };
+    let lstm = matches!(l.cell, Cell::Lstm);
     let mut outputs = vec![
         (Access { buf: y, strides: vec![l.steps.times(fx(h)), fx(1)], step: fx(h) }, valid(h_new.clone(), c(0.0))),
         (step_block(saved.h_prev, l.steps, h, h, 0), hprev.clone()),
-        (step_block(saved.c_prev, l.steps, h, h, 0), cprev.clone()),
     ];
+    if lstm {
+        outputs.push((step_block(saved.c_prev, l.steps, h, h, 0), cprev.clone()));
+    }
     for (k, e) in saved_exprs.into_iter().enumerate() {
         outputs.push((step_block(saved.gates, l.steps, sw, h, k), valid(e, c(0.0))));
     }
     // The state writes come last: every output above reads the old state.
-    outputs.push((Access::new(cell_state, vec![fx(h), fx(1)]), valid(c_new, cprev)));
+    if lstm {
+        outputs.push((Access::new(cell_state, vec![fx(h), fx(1)]), valid(c_new, cprev)));
+    }
     outputs.push((Access::new(state, vec![fx(h), fx(1)]), valid(h_new, hprev)));
     inner.push(Kernel::Map { shape: vec![Size::batch(1), fx(h)], inputs, outputs });
     body.extend(inner.kernels);

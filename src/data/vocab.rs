@@ -6,7 +6,8 @@
 //! `min_freq` times gets no id and reads as `<unk>`.
 
 use super::{TokenUnit, TokenizerOpts};
-use std::collections::{BTreeSet, HashMap};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::BTreeSet;
 
 pub const PAD: i64 = 0;
 pub const UNK: i64 = 1;
@@ -19,17 +20,18 @@ pub fn reserved(opts: &TokenizerOpts) -> usize {
 }
 
 /// The tokens of one row, truncated to `max_len` (before bos/eos).
-pub fn tokens(text: &str, unit: TokenUnit, max_len: Option<usize>) -> Vec<&str> {
+pub fn tokens(text: &str, unit: TokenUnit, max_len: Option<usize>) -> impl Iterator<Item = &str> {
     let limit = max_len.unwrap_or(usize::MAX);
-    match unit {
-        TokenUnit::Chars => text.char_indices().take(limit).map(|(i, c)| &text[i..i + c.len_utf8()]).collect(),
-        TokenUnit::Words => text.split_whitespace().take(limit).collect(),
-    }
+    let (chars, words) = match unit {
+        TokenUnit::Chars => (Some(text.char_indices().map(|(i, c)| &text[i..i + c.len_utf8()])), None),
+        TokenUnit::Words => (None, Some(text.split_whitespace())),
+    };
+    chars.into_iter().flatten().chain(words.into_iter().flatten()).take(limit)
 }
 
 /// Builds the vocabulary (id → token) from the train rows.
 pub fn build<'a>(texts: impl IntoIterator<Item = &'a str>, unit: TokenUnit, opts: &TokenizerOpts) -> Vec<String> {
-    let mut counts: HashMap<&'a str, u64> = HashMap::new();
+    let mut counts: HashMap<&'a str, u64> = HashMap::default();
     for text in texts {
         for t in tokens(text, unit, opts.max_len) {
             *counts.entry(t).or_insert(0) += 1;
@@ -134,7 +136,7 @@ mod tests {
 
     #[test]
     fn words_split_on_unicode_whitespace() {
-        assert_eq!(tokens("a\u{3000}b\t c\u{a0}d", TokenUnit::Words, None), vec!["a", "b", "c", "d"]);
+        assert_eq!(tokens("a\u{3000}b\t c\u{a0}d", TokenUnit::Words, None).collect::<Vec<_>>(), vec!["a", "b", "c", "d"]);
     }
 
     #[test]

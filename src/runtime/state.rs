@@ -41,13 +41,9 @@ pub fn init(job: &Job, seed: u64) -> StateValues {
         let v: Vec<f32> = match t.init {
             Init::Uniform(b) => (0..n).map(|_| (-b + 2.0 * b * rng.random::<f64>()) as f32).collect(),
             Init::Normal { padding_idx } => {
-                let mut v: Vec<f32> = (0..n)
-                    .map(|_| {
-                        let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]: ln is finite
-                        let u2: f64 = rng.random::<f64>();
-                        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-                    })
-                    .collect();
+                // rand_distr's ziggurat: several times faster than Box–Muller, which
+                // showed in the time to first step of jobs with large embeddings.
+                let mut v: Vec<f32> = (0..n).map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal) as f32).collect();
                 if let (Some(p), Some(&dim)) = (padding_idx, t.shape.get(1)) {
                     v[p * dim..(p + 1) * dim].fill(0.0);
                 }
