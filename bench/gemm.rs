@@ -50,6 +50,12 @@ fn main() {
         ("w2_fc2_dW_dYtX", 1024, 128, 1024, true, false),
         ("w2_fc1_dW_dYtX", 1024, 128, 784, true, false),
         ("w2_fc2_dX_dYW", 128, 1024, 1024, false, false),
+        ("w4_proj_forward_HWt", 384, 128, 2156, false, true),
+        ("w4_proj_dW_dYtH", 2156, 384, 128, true, false),
+        ("w4_proj_dH_dYW", 384, 2156, 128, false, false),
+        ("w3_step_hWt", 64, 128, 384, false, true),
+        ("w3_inproj_XWt", 832, 32, 384, false, true),
+        ("w3_dWhh_dGtH", 384, 832, 128, true, false),
     ] {
         let g = measure_layout(m, k, n, ta, tb);
         println!("{{\"shape\":\"{name}\",\"impl\":\"kpc_sgemm\",\"threads\":1,\"gflops\":{g:.1}}}");
