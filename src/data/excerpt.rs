@@ -49,6 +49,34 @@ pub(crate) fn read_file(path: &Path, path_span: Span) -> Result<Vec<u8>, Diagnos
     Ok(bytes)
 }
 
+/// [`read_file`] into 4-byte words (the last one zero-padded), with the file's length in
+/// bytes: f32 data can then become values where it lies, without a second copy of a
+/// large file.
+pub(crate) fn read_file_words(path: &Path, path_span: Span) -> Result<(Vec<u32>, usize), Diagnostic> {
+    let name = display(path);
+    let cannot = |e: std::io::Error| Diagnostic::at(path_span, format!("cannot read `{name}`: {e}"), "cannot read this file");
+    let meta = std::fs::metadata(path).map_err(cannot)?;
+    if meta.is_dir() {
+        return Err(Diagnostic::at(path_span, format!("`{name}` is a directory"), "expected a data file"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_big(&name, meta.len(), path_span));
+    }
+    let len = meta.len() as usize;
+    let mut words = vec![0u32; len.div_ceil(4)];
+    let mut file = File::open(path).map_err(cannot)?;
+    file.read_exact(&mut bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..len]).map_err(cannot)?;
+    // A file that grew after its size was read is read again the ordinary way (with the
+    // limit checked while reading).
+    if file.read(&mut [0u8; 1]).map_err(cannot)? != 0 {
+        let bytes = read_file(path, path_span)?;
+        let mut words = vec![0u32; bytes.len().div_ceil(4)];
+        bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
+        return Ok((words, bytes.len()));
+    }
+    Ok((words, len))
+}
+
 fn too_big(name: &str, len: u64, span: Span) -> Diagnostic {
     Diagnostic::at(span, format!("`{name}` is too large ({len} bytes)"), "file too large")
         .with_note(format!("data files are limited to {MAX_FILE_BYTES} bytes"))

@@ -35,8 +35,8 @@ pub(crate) fn load(spec: &SourceSpec) -> Result<Table, Diagnostic> {
                 .with_label(spec.span, "in this npy source"));
         };
         let name = display(path);
-        let bytes = excerpt::read_file(path, *span)?;
-        let array = read(&bytes, f.dtype).map_err(|(message, label)| {
+        let (words, len) = excerpt::read_file_words(path, *span)?;
+        let array = read(words, len, f.dtype).map_err(|(message, label)| {
             Diagnostic::at(*span, format!("{message} in `{name}`"), label).with_label(spec.span, DECLARED_HERE)
         })?;
         let rows = array.rows();
@@ -89,7 +89,9 @@ fn numpy_name(descr: &str) -> String {
 }
 
 /// Parses a whole .npy file; the error is (message, label).
-pub(crate) fn read(bytes: &[u8], dtype: Dtype) -> Result<Array, (String, String)> {
+/// Reads an .npy file held in `words` (its first `len` bytes).
+pub(crate) fn read(words: Vec<u32>, len: usize, dtype: Dtype) -> Result<Array, (String, String)> {
+    let bytes: &[u8] = &bytemuck::cast_slice::<u32, u8>(&words)[..len];
     const MAGIC: &[u8] = b"\x93NUMPY";
     let not_npy = |why: &str| ("not an .npy file".to_string(), why.to_string());
     if !bytes.starts_with(MAGIC) || bytes.len() < 10 {
@@ -142,13 +144,26 @@ pub(crate) fn read(bytes: &[u8], dtype: Dtype) -> Result<Array, (String, String)
         }
     }
     let bad = |e: ndarray_npy::ReadNpyError| ("unreadable npy data".to_string(), e.to_string());
+    let data_at = prefix + header_len;
+    let in_place = dtype == Dtype::F32
+        && elem == 4
+        && matches!(header.layout, ndarray_npy::npy::header::Layout::Standard)
+        && descr.starts_with('<')
+        && data_at.is_multiple_of(4);
     let values = match (dtype, elem) {
-        (Dtype::F32, 4) if matches!(header.layout, ndarray_npy::npy::header::Layout::Standard) && descr.starts_with('<') => {
-            // Little-endian f32 in C order, the common case: decoded straight from the file's
-            // bytes (the header has been checked against the data length above) — W2-sized
-            // inputs are tens of MB, and every intermediate copy is page faults before the
-            // first step.
-            f32_values(bytes[prefix + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))?
+        (Dtype::F32, 4) if in_place => {
+            // Little-endian f32 in C order (numpy pads headers to 64 bytes), the common case:
+            // the file's own words become the values — W2-sized inputs are tens of MB, and
+            // every copy is page faults before the first step. (The header was checked
+            // against the data length above; the collect reuses the allocation.)
+            let count = (len - data_at) / 4;
+            let mut data: Vec<f32> = words.into_iter().map(|w| f32::from_bits(u32::from_le(w))).collect();
+            data.copy_within(data_at / 4..data_at / 4 + count, 0);
+            data.truncate(count);
+            if let Some((i, x)) = data.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+                return Err(non_finite(i, *x));
+            }
+            Elems::F32(data)
         }
         (Dtype::F32, 4) => f32_values(ArrayD::<f32>::read_npy(bytes).map_err(bad)?.iter().copied())?,
         (Dtype::F32, _) => f32_values(ArrayD::<f64>::read_npy(bytes).map_err(bad)?.iter().map(|&x| x as f32))?,
