@@ -51,12 +51,13 @@ fn run_with_metrics(example: &str, seed: &str, out: &std::path::Path) -> std::pr
     kpc(&["run", example, "--seed", seed, "--metrics", out.to_str().expect("utf-8 path"), "--quiet"])
 }
 
-/// The metrics log without timing fields (seconds, samples/s, compile and first-step times).
+/// The metrics log without timing and memory fields (seconds, samples/s, compile and first-step
+/// times, peak RSS).
 fn without_timings(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .expect("metrics file")
         .lines()
-        .filter(|l| !l.contains("\"kind\":\"compile\"") && !l.contains("\"kind\":\"first_step\""))
+        .filter(|l| !["compile", "first_step", "end"].iter().any(|k| l.contains(&format!("\"kind\":\"{k}\""))))
         .map(|l| l.split(",\"seconds\"").next().expect("prefix").to_string())
         .collect()
 }

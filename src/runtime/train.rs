@@ -272,6 +272,9 @@ pub fn run(job: &Job, opts: &RunOptions) -> Result<Vec<(String, f64)>, Diagnosti
             state::save(job, &c.state(batches_tracked), p)?;
         }
     }
+    if let Some(mib) = peak_rss_mib() {
+        line(&mut metrics_file, format!("{{\"kind\":\"end\",\"peak_rss_mib\":{mib:.1}}}"))?;
+    }
     if opts.profile {
         report_profile(&c, train_steps, &mut metrics_file)?;
         if let Some(f) = &mut metrics_file {
@@ -313,6 +316,13 @@ fn report_profile(c: &CompiledJob, train_steps: u64, metrics: &mut Option<std::i
         say(text.trim_end());
     }
     Ok(())
+}
+
+/// The process's peak resident set so far (Linux's `VmHWM`), in MiB; `None` elsewhere.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 /// A report line on stdout; a closed pipe (`kpc run f | head`) ends the report, not the run.
