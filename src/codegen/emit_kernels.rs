@@ -429,16 +429,7 @@ fn nest(
     }
     let zero = b.ins().iconst(types::I64, 0);
     let last = axis + 1 == extents.len();
-    let at = |b: &mut FunctionBuilder, i: Value| -> Vec<Value> {
-        cursors
-            .iter()
-            .zip(ptrs)
-            .map(|(c, p)| {
-                let off = b.ins().imul(i, c.strides[axis]);
-                b.ins().iadd(*p, off)
-            })
-            .collect()
-    };
+    let at = |b: &mut FunctionBuilder, i: Value| advance(b, cursors, ptrs, axis, i);
     if !last {
         counted_loop(b, types::I64, zero, extents[axis], 1, |b, i| {
             let p = at(b, i);
@@ -479,6 +470,18 @@ fn nest(
         let p = at(b, i);
         inner(b, &p, types::F32, i);
     });
+}
+
+/// Every cursor's pointer moved to index `i` along `axis` from `ptrs`.
+fn advance(b: &mut FunctionBuilder, cursors: &[Cursor], ptrs: &[Value], axis: usize, i: Value) -> Vec<Value> {
+    cursors
+        .iter()
+        .zip(ptrs)
+        .map(|(c, p)| {
+            let off = b.ins().imul(i, c.strides[axis]);
+            b.ins().iadd(*p, off)
+        })
+        .collect()
 }
 
 /// Loads an access at `ptr` as lanes of `lane` (a broadcast access is loaded once and splat).
@@ -541,13 +544,13 @@ fn emit_reduce(b: &mut FunctionBuilder, env: &Env, shape: &[Size], inputs: &[Acc
     all.push(out);
     let inner_reduced = is_zero_stride(out.strides.last());
     let vector = vectorizable(&all, &[expr]);
-    if inner_reduced && vector && !shape.is_empty() {
-        return emit_row_reduce(b, env, shape, inputs, expr, op, out, identity);
-    }
     let curs = cursors(b, env, &all);
     let broadcast: Vec<bool> = all.iter().map(|a| is_zero_stride(a.strides.last())).collect();
     let n_in = inputs.len();
     let dag = Dag::new(&[expr]);
+    if inner_reduced && vector && !shape.is_empty() {
+        return emit_row_reduce(b, env, shape, &curs, &broadcast, &dag, op, identity);
+    }
     // Along a kept inner axis, four outputs accumulate at once; along a reduced inner axis
     // (argmax-style expressions that need the column index) the loop runs scalar.
     let vector = Vectorise::choose(vector && !inner_reduced, &dag);
@@ -570,48 +573,33 @@ fn combine(b: &mut FunctionBuilder, lane: Type, op: ReduceOp, acc: Value, v: Val
 
 /// A reduction along the innermost axis (row sums, row maxima): per row, four lanes
 /// accumulate in a register, are combined pairwise at the end of the row, then the scalar
-/// tail and the output's old value are folded in.
+/// tail and the output's old value are folded in. The last cursor is the output's.
 #[allow(clippy::too_many_arguments)]
-fn emit_row_reduce(b: &mut FunctionBuilder, env: &Env, shape: &[Size], inputs: &[Access], expr: &Expr, op: ReduceOp, out: &Access, identity: f32) {
-    let mut all: Vec<&Access> = inputs.iter().collect();
-    all.push(out);
-    let curs = cursors(b, env, &all);
-    let broadcast: Vec<bool> = all.iter().map(|a| is_zero_stride(a.strides.last())).collect();
-    let n_in = inputs.len();
-    let dag = Dag::new(&[expr]);
+fn emit_row_reduce(b: &mut FunctionBuilder, env: &Env, shape: &[Size], curs: &[Cursor], broadcast: &[bool], dag: &Dag, op: ReduceOp, identity: f32) {
+    let n_in = curs.len() - 1;
     let (outer, last) = shape.split_at(shape.len() - 1);
     let n = env.size(b, last[0]);
     let axis = shape.len() - 1;
-    loop_nest(b, env, outer, &curs, Vectorise::No, &mut |b, row, _, _| {
-        let at = |b: &mut FunctionBuilder, i: Value| -> Vec<Value> {
-            curs.iter()
-                .zip(row)
-                .map(|(c, p)| {
-                    let off = b.ins().imul(i, c.strides[axis]);
-                    b.ins().iadd(*p, off)
-                })
-                .collect()
+    loop_nest(b, env, outer, curs, Vectorise::No, &mut |b, row, _, _| {
+        // One element (or four) of the row folded into the accumulator.
+        let fold = |lane: Type| {
+            move |b: &mut FunctionBuilder, i: Value, acc: Value| {
+                let p = advance(b, curs, row, axis, i);
+                let vals: Vec<Value> = (0..n_in).map(|k| load(b, &curs[k], p[k], lane, broadcast[k])).collect();
+                let v = dag.eval(b, lane, &vals, i, env)[0];
+                combine(b, lane, op, acc, v)
+            }
         };
         let zero = b.ins().iconst(types::I64, 0);
         let vec_end = b.ins().band_imm_s(n, !3i64);
         let id = b.ins().f32const(identity);
         let init = b.ins().splat(types::F32X4, id);
-        let lanes = counted_loop_carry(b, zero, vec_end, 4, init, |b, i, acc| {
-            let p = at(b, i);
-            let vals: Vec<Value> = (0..n_in).map(|k| load(b, &curs[k], p[k], types::F32X4, broadcast[k])).collect();
-            let v = dag.eval(b, types::F32X4, &vals, i, env)[0];
-            combine(b, types::F32X4, op, acc, v)
-        });
+        let lanes = counted_loop_carry(b, zero, vec_end, 4, init, fold(types::F32X4));
         let l: Vec<Value> = (0..4u8).map(|k| b.ins().extractlane(lanes, k)).collect();
         let lo = combine(b, types::F32, op, l[0], l[1]);
         let hi = combine(b, types::F32, op, l[2], l[3]);
         let folded = combine(b, types::F32, op, lo, hi);
-        let total = counted_loop_carry(b, vec_end, n, 1, folded, |b, i, acc| {
-            let p = at(b, i);
-            let vals: Vec<Value> = (0..n_in).map(|k| load(b, &curs[k], p[k], types::F32, broadcast[k])).collect();
-            let v = dag.eval(b, types::F32, &vals, i, env)[0];
-            combine(b, types::F32, op, acc, v)
-        });
+        let total = counted_loop_carry(b, vec_end, n, 1, folded, fold(types::F32));
         let old = b.ins().load(types::F32, mem(), row[n_in], 0);
         let new = combine(b, types::F32, op, old, total);
         b.ins().store(mem(), new, row[n_in], 0);

@@ -46,79 +46,56 @@ pub unsafe extern "C" fn kpc_sgemm(
         }
         return;
     }
-    if b_rs == 1 && b_cs >= 512 && b_cs % 512 == 0 && m > 16 {
-        // B column-major with columns a multiple of 2 KiB apart (a linear layer's `X·Wᵀ`
-        // with 512 or 1024 inputs): the kernel reads such columns at half speed or worse (cache
-        // sets alias; bench/gemm.rs measures it), so B is first copied with its columns
-        // 16 floats further apart; k·n copied elements against 2·m·n·k flops.
-        let stride = k + 16;
-        return SCRATCH.with(|cell| {
-            let mut scratch = cell.borrow_mut();
+    // B column-major with columns a multiple of 2 KiB apart (a linear layer's `X·Wᵀ` with
+    // 512 or 1024 inputs): the kernel reads such columns at half speed or worse (cache sets
+    // alias; bench/gemm.rs measures it), so B is first copied with its columns 16 floats
+    // further apart; k·n copied elements against 2·m·n·k flops.
+    let aliasing = b_rs == 1 && b_cs >= 512 && b_cs % 512 == 0 && m > 16;
+    SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        let (b, b_cs) = if aliasing {
+            let stride = k + 16;
             scratch.resize(stride * n, 0.0);
             for j in 0..n {
                 // SAFETY: column j of the k×n matrix B is k contiguous floats.
                 let col = unsafe { std::slice::from_raw_parts(b.offset(j as isize * b_cs), k) };
                 scratch[j * stride..j * stride + k].copy_from_slice(col);
             }
-            // SAFETY: the scratch holds B with column stride `stride`.
-            unsafe { gemm_call(m, n, k, c, c_rs, c_cs, read_c, a, a_rs, a_cs, scratch.as_ptr(), 1, stride as isize, alpha, beta) }
-        });
-    }
-    // SAFETY: forwarded contract of this function.
-    unsafe { gemm_call(m, n, k, c, c_rs, c_cs, read_c, a, a_rs, a_cs, b, b_rs, b_cs, alpha, beta) }
+            (scratch.as_ptr(), stride as isize)
+        } else {
+            (b, b_cs)
+        };
+        // SAFETY: forwarded contract of this function; a copied B lives in the scratch,
+        // borrowed until the call returns.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c,
+                c_cs,
+                c_rs,
+                read_c != 0,
+                a,
+                a_cs,
+                a_rs,
+                b,
+                b_cs,
+                b_rs,
+                alpha,
+                beta,
+                false,
+                false,
+                false,
+                parallelism(),
+            )
+        }
+    })
 }
 
 thread_local! {
     /// B re-laid-out (see [`kpc_sgemm`]); grows to the largest such operand once.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The `gemm` crate with [`kpc_sgemm`]'s arguments (row strides first).
-///
-/// # Safety
-/// As [`kpc_sgemm`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_call(
-    m: usize,
-    n: usize,
-    k: usize,
-    c: *mut f32,
-    c_rs: isize,
-    c_cs: isize,
-    read_c: i32,
-    a: *const f32,
-    a_rs: isize,
-    a_cs: isize,
-    b: *const f32,
-    b_rs: isize,
-    b_cs: isize,
-    alpha: f32,
-    beta: f32,
-) {
-    // SAFETY: forwarded contract of this function.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c,
-            c_cs,
-            c_rs,
-            read_c != 0,
-            a,
-            a_cs,
-            a_rs,
-            b,
-            b_cs,
-            b_rs,
-            alpha,
-            beta,
-            false,
-            false,
-            false,
-            parallelism(),
-        )
-    }
 }
 
 /// Sets `bytes` bytes at `p` to zero (the C library's memset: wider stores than generated

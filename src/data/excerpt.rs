@@ -29,20 +29,10 @@ pub(crate) fn display(path: &Path) -> String {
 /// (checked on the metadata before reading, and again while reading). Errors point at
 /// `path_span`, the path string in the `.train` file.
 pub(crate) fn read_file(path: &Path, path_span: Span) -> Result<Vec<u8>, Diagnostic> {
+    let (file, len) = open_within_limit(path, path_span)?;
     let name = display(path);
-    let cannot = |e: std::io::Error| {
-        Diagnostic::at(path_span, format!("cannot read `{name}`: {e}"), "cannot read this file")
-    };
-    let meta = std::fs::metadata(path).map_err(cannot)?;
-    if meta.is_dir() {
-        return Err(Diagnostic::at(path_span, format!("`{name}` is a directory"), "expected a data file"));
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(too_big(&name, meta.len(), path_span));
-    }
-    let file = File::open(path).map_err(cannot)?;
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| cannot_read(&name, e, path_span))?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(too_big(&name, bytes.len() as u64, path_span));
     }
@@ -53,28 +43,39 @@ pub(crate) fn read_file(path: &Path, path_span: Span) -> Result<Vec<u8>, Diagnos
 /// bytes: f32 data can then become values where it lies, without a second copy of a
 /// large file.
 pub(crate) fn read_file_words(path: &Path, path_span: Span) -> Result<(Vec<u32>, usize), Diagnostic> {
+    let (mut file, len) = open_within_limit(path, path_span)?;
     let name = display(path);
-    let cannot = |e: std::io::Error| Diagnostic::at(path_span, format!("cannot read `{name}`: {e}"), "cannot read this file");
-    let meta = std::fs::metadata(path).map_err(cannot)?;
-    if meta.is_dir() {
-        return Err(Diagnostic::at(path_span, format!("`{name}` is a directory"), "expected a data file"));
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(too_big(&name, meta.len(), path_span));
-    }
-    let len = meta.len() as usize;
+    let len = len as usize;
     let mut words = vec![0u32; len.div_ceil(4)];
-    let mut file = File::open(path).map_err(cannot)?;
-    file.read_exact(&mut bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..len]).map_err(cannot)?;
+    file.read_exact(&mut bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..len]).map_err(|e| cannot_read(&name, e, path_span))?;
     // A file that grew after its size was read is read again the ordinary way (with the
     // limit checked while reading).
-    if file.read(&mut [0u8; 1]).map_err(cannot)? != 0 {
+    if file.read(&mut [0u8; 1]).map_err(|e| cannot_read(&name, e, path_span))? != 0 {
         let bytes = read_file(path, path_span)?;
         let mut words = vec![0u32; bytes.len().div_ceil(4)];
         bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
         return Ok((words, bytes.len()));
     }
     Ok((words, len))
+}
+
+/// Opens a data file after refusing directories and files larger than [`MAX_FILE_BYTES`];
+/// returns it with its size.
+fn open_within_limit(path: &Path, path_span: Span) -> Result<(File, u64), Diagnostic> {
+    let name = display(path);
+    let meta = std::fs::metadata(path).map_err(|e| cannot_read(&name, e, path_span))?;
+    if meta.is_dir() {
+        return Err(Diagnostic::at(path_span, format!("`{name}` is a directory"), "expected a data file"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_big(&name, meta.len(), path_span));
+    }
+    let file = File::open(path).map_err(|e| cannot_read(&name, e, path_span))?;
+    Ok((file, meta.len()))
+}
+
+fn cannot_read(name: &str, e: std::io::Error, span: Span) -> Diagnostic {
+    Diagnostic::at(span, format!("cannot read `{name}`: {e}"), "cannot read this file")
 }
 
 fn too_big(name: &str, len: u64, span: Span) -> Diagnostic {

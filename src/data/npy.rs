@@ -88,8 +88,8 @@ fn numpy_name(descr: &str) -> String {
     name.to_string()
 }
 
-/// Parses a whole .npy file; the error is (message, label).
-/// Reads an .npy file held in `words` (its first `len` bytes).
+/// Parses a whole .npy file held in `words` (its first `len` bytes); the error is
+/// (message, label).
 pub(crate) fn read(words: Vec<u32>, len: usize, dtype: Dtype) -> Result<Array, (String, String)> {
     let bytes: &[u8] = &bytemuck::cast_slice::<u32, u8>(&words)[..len];
     const MAGIC: &[u8] = b"\x93NUMPY";
@@ -160,10 +160,7 @@ pub(crate) fn read(words: Vec<u32>, len: usize, dtype: Dtype) -> Result<Array, (
             let mut data: Vec<f32> = words.into_iter().map(|w| f32::from_bits(u32::from_le(w))).collect();
             data.copy_within(data_at / 4..data_at / 4 + count, 0);
             data.truncate(count);
-            if let Some((i, x)) = data.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-                return Err(non_finite(i, *x));
-            }
-            Elems::F32(data)
+            finite(data)?
         }
         (Dtype::F32, 4) => f32_values(ArrayD::<f32>::read_npy(bytes).map_err(bad)?.iter().copied())?,
         (Dtype::F32, _) => f32_values(ArrayD::<f64>::read_npy(bytes).map_err(bad)?.iter().map(|&x| x as f32))?,
@@ -191,14 +188,14 @@ impl FromIterator<i64> for Elems {
 
 /// Collects f32 values, rejecting NaN and infinities (also those from an f64 overflowing).
 pub(crate) fn f32_values(iter: impl Iterator<Item = f32>) -> Result<Elems, (String, String)> {
-    let out: Vec<f32> = iter.collect();
-    // A separate pass: the collect above then runs at memory speed.
-    if let Some((i, x)) = out.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-        return Err(non_finite(i, *x));
-    }
-    Ok(Elems::F32(out))
+    // Collected first, checked in a separate pass: the collect then runs at memory speed.
+    finite(iter.collect())
 }
 
-fn non_finite(i: usize, x: f32) -> (String, String) {
-    (format!("non-finite value {x} at element {i}"), "expected finite values (NaN, infinity and values beyond the f32 range are not allowed)".into())
+/// The values, or an error naming the first NaN or infinity.
+fn finite(data: Vec<f32>) -> Result<Elems, (String, String)> {
+    match data.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+        Some((i, x)) => Err((format!("non-finite value {x} at element {i}"), "expected finite values (NaN, infinity and values beyond the f32 range are not allowed)".into())),
+        None => Ok(Elems::F32(data)),
+    }
 }

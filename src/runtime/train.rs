@@ -116,9 +116,21 @@ fn starting_state(job: &Job, opts: &RunOptions, seed: u64) -> Result<StateValues
 
 fn line(out: &mut Option<std::io::BufWriter<std::fs::File>>, text: String) -> Result<(), Diagnostic> {
     if let Some(f) = out {
-        writeln!(f, "{text}").map_err(|e| Diagnostic::error(format!("cannot write the metrics file: {e}")))?;
+        writeln!(f, "{text}").map_err(cannot_write)?;
     }
     Ok(())
+}
+
+/// Writes out the buffered records (at the end of each epoch and of the run).
+fn flush(out: &mut Option<std::io::BufWriter<std::fs::File>>) -> Result<(), Diagnostic> {
+    if let Some(f) = out {
+        f.flush().map_err(cannot_write)?;
+    }
+    Ok(())
+}
+
+fn cannot_write(e: std::io::Error) -> Diagnostic {
+    Diagnostic::error(format!("cannot write the metrics file: {e}"))
 }
 
 /// Trains `job`; returns the final eval results.
@@ -262,9 +274,7 @@ pub fn run(job: &Job, opts: &RunOptions) -> Result<Vec<(String, f64)>, Diagnosti
             json_f32(lr as f32)
         ));
         line(&mut metrics_file, rec)?;
-        if let Some(f) = &mut metrics_file {
-            f.flush().map_err(|e| Diagnostic::error(format!("cannot write the metrics file: {e}")))?;
-        }
+        flush(&mut metrics_file)?;
         if !opts.quiet {
             say(&format!("{console}  lr {}  {seconds:.2}s", json_f32(lr as f32)));
         }
@@ -277,10 +287,8 @@ pub fn run(job: &Job, opts: &RunOptions) -> Result<Vec<(String, f64)>, Diagnosti
     }
     if opts.profile {
         report_profile(&c, train_steps, &mut metrics_file)?;
-        if let Some(f) = &mut metrics_file {
-            f.flush().map_err(|e| Diagnostic::error(format!("cannot write the metrics file: {e}")))?;
-        }
     }
+    flush(&mut metrics_file)?;
     Ok(results)
 }
 
@@ -304,7 +312,7 @@ fn report_profile(c: &CompiledJob, train_steps: u64, metrics: &mut Option<std::i
         if total == 0 {
             continue;
         }
-        let runs = if c.train.contains(&p) && p == c.train[0] { format!(", {train_steps} runs, {:.1} µs per run", total as f64 / 1e3 / train_steps.max(1) as f64) } else { String::new() };
+        let runs = if c.train.first() == Some(&p) { format!(", {train_steps} runs, {:.1} µs per run", total as f64 / 1e3 / train_steps.max(1) as f64) } else { String::new() };
         let mut text = format!("profile of the {}: {:.1} ms in kernels{runs}\n", name(p), total as f64 / 1e6);
         let mut rows: Vec<(usize, u64, u64)> = classes.iter().enumerate().filter(|(_, (ns, _))| *ns > 0).map(|(k, (ns, n))| (k, *ns, *n)).collect();
         rows.sort_by_key(|r| std::cmp::Reverse(r.1));
